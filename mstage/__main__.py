@@ -1,0 +1,3 @@
+from mstage.cli.main import run
+
+run()

@@ -1,0 +1,227 @@
+"""Typed, frozen configuration: `mstage.toml` in the workspace, overridden by CLI options.
+
+Each stage has a section (`[data]`, `[retrieval]`, ...) backed by a frozen dataclass; unknown
+sections or keys and wrongly typed values are errors naming the file and key. CLI options win
+over the file; the resolved section is stored in the manifest of the artifact it built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mstage.errors import ConfigError
+
+
+def _positive(section: str, **values: float) -> None:
+    for name, value in values.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value <= 0:
+            raise ConfigError(f"expected {section}.{name} > 0, found {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How raw tables map onto mstage's schema (written by `mstage prepare-data`)."""
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    label_col: str = ""
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    multi_valued: list[str] = field(default_factory=list)
+    ignore: list[str] = field(default_factory=list)
+    multi_sep: str = "|"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Two-tower training. Adagrad by default: its cost stays flat as id tables grow."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    embedding_dim: int = 64
+    learning_rate: float = 0.05
+    temperature: float = 0.05
+    seed: int = 42
+    optimizer: str = "adagrad"
+    patience: int = 3
+    split: str = "user-temporal"
+
+    def __post_init__(self) -> None:
+        _positive("retrieval", epochs=self.epochs, batch_size=self.batch_size,
+                  embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
+                  temperature=self.temperature)
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """DLRM training; `negatives` sampled per positive when the data has no labels."""
+
+    epochs: int = 10
+    batch_size: int = 1024
+    embedding_dim: int = 16
+    learning_rate: float = 0.05
+    negatives: int = 4
+    seed: int = 42
+    optimizer: str = "adagrad"
+    patience: int = 2
+    split: str = "user-temporal"
+
+    def __post_init__(self) -> None:
+        _positive("ranking", epochs=self.epochs, batch_size=self.batch_size,
+                  embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
+                  negatives=self.negatives)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The Feast store: `sqlite` (in the workspace) or `redis://HOST:PORT`."""
+
+    online_store: str = "sqlite"
+    recent_items: int = 50
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Faiss index type (`auto`, `flat`, `ivf`, `hnsw` or a factory string) and tuning target."""
+
+    index: str = "auto"
+    target_recall: float = 0.95
+
+
+@dataclass(frozen=True)
+class FilteringConfig:
+    """Business rules applied to candidates before scoring."""
+
+    exclude_seen: bool = True
+    exclude_out_of_stock: bool = True
+    exclude_categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OrderingConfig:
+    """How the final list is ordered: `topk`, `softmax` sampling, optional per-category cap."""
+
+    strategy: str = "topk"
+    temperature: float = 1.0
+    category_cap: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Request defaults and Triton deployment settings."""
+
+    top_k: int = 10
+    candidates: int = 200
+    device: str = "cpu"
+    instances: int = 1
+    http_port: int = 8000
+    grpc_port: int = 8001
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    ordering: OrderingConfig = field(default_factory=OrderingConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    if isinstance(annotation, str):
+        annotation = eval(annotation, globals(), vars(typing))  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (inner,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list for {where}, found {value!r}")
+        return [_check_type(v, inner, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation {annotation}")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is not bool and isinstance(value, bool) or not isinstance(value, annotation):
+        raise ConfigError(f"expected {annotation.__name__} for {where}, found {value!r}")
+    return value
+
+
+def _section(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {key!r} in {where}; expected one of: {', '.join(known)}"
+            )
+    typed = {k: _check_type(v, known[k].type, f"{where} key {k!r}") for k, v in values.items()}
+    return cls(**typed)
+
+
+def load_config(path: Path) -> Config:
+    """Read mstage.toml (defaults when absent); errors name the file and the key."""
+    if not path.exists():
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"expected valid TOML in {path}, found an error: {e}") from None
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    parsed = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(
+                f"unknown section [{name}] in {path}; expected one of: {', '.join(sections)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"expected a [{name}] table in {path}, found {values!r}")
+        section_cls = sections[name].default_factory
+        parsed[name] = _section(section_cls, values, f"[{name}] of {path}")
+    return Config(**parsed)
+
+
+def override(section: Any, **options: Any) -> Any:
+    """A copy of a config section with the CLI options that were given (not None)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return dataclasses.replace(section, **given)
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    return dataclasses.asdict(section)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def save_section(path: Path, name: str, section: Any) -> None:
+    """Write one section into mstage.toml, keeping the others as they are."""
+    current = tomllib.loads(path.read_text()) if path.exists() else {}
+    current[name] = as_dict(section)
+    lines = []
+    for sec, values in current.items():
+        lines.append(f"[{sec}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Input data: schema, ingest, splits and the synthetic generator."""

@@ -1,0 +1,96 @@
+"""The prepared-data contract: what `mstage prepare-data` writes and every later stage reads.
+
+Layout of `workspace/data/`:
+
+- `interactions.parquet`: one row per (user, item, timestamp) event, sorted by user then time.
+  `user_id` int64, `item_id` int64, `timestamp` int64 (unix seconds), `label` int8 (1 for a
+  positive; every row is 1 when the input had no label column), and one fold column per
+  split of ../evaluation.md: `fold_user_temporal`, `fold_global` int8 with
+  FIT=0 (train minus validation), VALID=1 (validation, part of train), TEST=2.
+- `users.parquet`: `user_id` int64 plus user feature columns (one row per user).
+- `items.parquet`: `item_id` int64 plus item feature columns (one row per item).
+- `schema.json`: the feature columns and their kinds, label presence and counts.
+- `id_maps/{users,items}.parquet` (only when input ids were strings): `raw_id` string,
+  `id` int64.
+
+Multi-valued features are stored as lists of strings; categorical as strings; numeric as
+float64. Ids are the user's own ids (int64), never dense indices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FIT, VALID, TEST = 0, 1, 2
+SPLITS = ("user-temporal", "global")
+KINDS = ("categorical", "numeric", "multi")
+
+
+def fold_column(split: str) -> str:
+    """'user-temporal' -> 'fold_user_temporal'."""
+    return "fold_" + split.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str  # one of KINDS
+
+
+@dataclass
+class Schema:
+    user_features: list[Feature] = field(default_factory=list)
+    item_features: list[Feature] = field(default_factory=list)
+    has_label: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    string_ids: dict[str, bool] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> Schema:
+        raw = json.loads(path.read_text())
+        raw["user_features"] = [Feature(**f) for f in raw["user_features"]]
+        raw["item_features"] = [Feature(**f) for f in raw["item_features"]]
+        return cls(**raw)
+
+
+class PreparedData:
+    """Read access to `workspace/data/`; tables load lazily and are cached."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.schema = Schema.load(root / "schema.json")
+        self._cache: dict[str, object] = {}
+
+    def _read(self, name: str):
+        import pandas as pd
+
+        if name not in self._cache:
+            self._cache[name] = pd.read_parquet(self.root / f"{name}.parquet")
+        return self._cache[name]
+
+    @property
+    def interactions(self):
+        return self._read("interactions")
+
+    @property
+    def users(self):
+        return self._read("users")
+
+    @property
+    def items(self):
+        return self._read("items")
+
+    def positives(self):
+        """Rows that count as interactions for the evaluation protocol (label == 1)."""
+        df = self.interactions
+        return df[df["label"] == 1]
+
+    def fold(self, split: str) -> np.ndarray:
+        return self.interactions[fold_column(split)].to_numpy()

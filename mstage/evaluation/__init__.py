@@ -1,0 +1,1 @@
+"""Offline evaluation, latency benchmarks and plots."""

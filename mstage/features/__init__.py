@@ -1,0 +1,1 @@
+"""The Feast feature store: repository generation, materialization, online reads."""

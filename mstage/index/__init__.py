@@ -1,0 +1,1 @@
+"""Faiss indexes over item embeddings: build, tune, save, load, search."""

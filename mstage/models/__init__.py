@@ -1,0 +1,1 @@
+"""Feature encoders, the two-tower retrieval model, the DLRM ranker and metrics."""

@@ -1,0 +1,1 @@
+"""The four online stages as operators, and the Pipeline that runs them."""

@@ -1,0 +1,1 @@
+"""Triton export, the python-backend model, server launcher and client."""

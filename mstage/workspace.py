@@ -1,0 +1,255 @@
+"""The workspace: the only code that knows artifact paths, the manifest, atomic publish and the lock.
+
+Every command reads artifacts from one directory and publishes its own with a rename, so a
+failed or interrupted command never leaves a half-written artifact nor destroys the last good
+one. `manifest.json` records, per artifact, the mstage version, resolved config, fingerprints
+of its inputs, metrics and build time; an artifact is *stale* when an input's fingerprint
+has changed since it was built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mstage import __version__
+from mstage.errors import ArtifactMissing, UsageError, WorkspaceLocked
+
+MANIFEST = "manifest.json"
+CONFIG_FILE = "mstage.toml"
+DEFAULT_WORKSPACE = "./mstage-workspace"
+
+
+class Artifact(enum.Enum):
+    """An artifact: its directory, the command that builds it, and the artifacts it reads."""
+
+    DATA = ("data", "prepare-data", ())
+    RETRIEVAL = ("retrieval", "train-retrieval", ("data",))
+    RANKING = ("ranking", "train-ranking", ("data",))
+    FEATURES = ("features", "export-features", ("data",))
+    INDEX = ("index", "build-index", ("retrieval",))
+    ENSEMBLE = ("ensemble", "build-ensemble", ("retrieval", "ranking", "features", "index"))
+
+    def __init__(self, dirname: str, command: str, inputs: tuple[str, ...]):
+        self.dirname = dirname
+        self.command = command
+        self.input_names = inputs
+
+    @property
+    def inputs(self) -> tuple[Artifact, ...]:
+        return tuple(Artifact.by_name(n) for n in self.input_names)
+
+    @staticmethod
+    def by_name(name: str) -> Artifact:
+        return next(a for a in Artifact if a.dirname == name)
+
+
+def fingerprint_file(path: Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): raw inputs are compared by content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Build:
+    """A staging directory that becomes an artifact when its `with` block ends without error.
+
+    Fill `dir` with files and set `config`, `metrics` and `inputs` (extra raw-file inputs,
+    name -> path; upstream artifacts are recorded automatically).
+    """
+
+    artifact: Artifact
+    dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class Workspace:
+    """A workspace directory holding artifacts, `mstage.toml` and `manifest.json`."""
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_WORKSPACE):
+        self.root = Path(root).expanduser()
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(
+                f"expected a workspace directory at {self.root}, found a file; "
+                "pass another path with --workspace"
+            )
+        self._recover_interrupted_publish()
+
+    # paths -----------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def path(self, artifact: Artifact) -> Path:
+        return self.root / artifact.dirname
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    def exists(self, artifact: Artifact) -> bool:
+        return artifact.dirname in self.manifest()["artifacts"] and self.path(artifact).is_dir()
+
+    def require(self, artifact: Artifact) -> Path:
+        """The artifact's directory, or ArtifactMissing naming the command that builds it."""
+        if not self.exists(artifact):
+            raise ArtifactMissing(
+                f"expected the {artifact.dirname} artifact at {self.path(artifact)}, found "
+                f"nothing; run `mstage {artifact.command}` first"
+            )
+        return self.path(artifact)
+
+    # manifest --------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {"mstage_version": __version__, "artifacts": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def record(self, artifact: Artifact) -> dict[str, Any] | None:
+        return self.manifest()["artifacts"].get(artifact.dirname)
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, self.manifest_path)
+
+    def update_metrics(self, artifact: Artifact, metrics: dict[str, Any]) -> None:
+        """Merge metrics measured after publishing (e.g. by `mstage evaluate`) into the manifest."""
+        with self.lock(f"record metrics of {artifact.dirname}"):
+            manifest = self.manifest()
+            manifest["artifacts"][artifact.dirname].setdefault("metrics", {}).update(metrics)
+            self._write_manifest(manifest)
+
+    # state -----------------------------------------------------------------------------
+    def state(self, artifact: Artifact) -> tuple[str, str]:
+        """(state, reason): 'missing', 'ready', or 'stale' with the input that changed."""
+        rec = self.record(artifact)
+        if rec is None or not self.path(artifact).is_dir():
+            return "missing", ""
+        for name, recorded in rec.get("inputs", {}).items():
+            current = self._current_fingerprint(name)
+            if current != recorded:
+                what = "is missing now" if current is None else "changed"
+                return "stale", f"{name} {what} since this was built"
+        return "ready", ""
+
+    def _current_fingerprint(self, input_name: str) -> str | None:
+        if input_name.startswith("file:"):
+            path = Path(input_name[5:])
+            return fingerprint_file(path) if path.is_file() else None
+        rec = self.manifest()["artifacts"].get(input_name)
+        return rec["fingerprint"] if rec else None
+
+    def next_command(self) -> str | None:
+        """The first command whose artifact is missing or stale, in pipeline order."""
+        for artifact in Artifact:
+            if self.state(artifact)[0] != "ready":
+                return f"mstage {artifact.command}"
+        return None
+
+    # writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, what: str) -> Iterator[None]:
+        """Hold the workspace's write lock, or fail at once naming the holder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock_path = self.root / ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock_path.read_text().strip() or "another process"
+                raise WorkspaceLocked(
+                    f"expected to write workspace {self.root}, found it locked by {holder}; "
+                    "wait for that command to finish (or use another --workspace)"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} ({what})".encode())
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def build(self, artifact: Artifact) -> Iterator[Build]:
+        """Stage an artifact under the lock; publish it only if the block completes.
+
+        Upstream artifacts must exist; their fingerprints are recorded as inputs so the new
+        artifact turns stale when one of them is rebuilt.
+        """
+        upstream = {a.dirname: self._fingerprint_of(a) for a in artifact.inputs}
+        with self.lock(f"mstage {artifact.command}"):
+            staging = self.root / ".staging" / f"{artifact.dirname}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            build = Build(artifact, staging)
+            started = time.perf_counter()
+            try:
+                yield build
+                self._publish(build, upstream, time.perf_counter() - started)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _fingerprint_of(self, artifact: Artifact) -> str:
+        self.require(artifact)
+        return self.record(artifact)["fingerprint"]
+
+    def _publish(self, build: Build, upstream: dict[str, str], seconds: float) -> None:
+        target = self.path(build.artifact)
+        previous = target.with_name(f".{target.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.exists():
+            os.rename(target, previous)
+        os.rename(build.dir, target)
+        inputs = dict(upstream)
+        inputs.update({f"file:{p.resolve()}": fingerprint_file(p) for p in build.files.values()})
+        manifest = self.manifest()
+        manifest["mstage_version"] = __version__
+        manifest["artifacts"][build.artifact.dirname] = {
+            "fingerprint": uuid.uuid4().hex[:16],
+            "mstage_version": __version__,
+            "built_at": _now(),
+            "seconds": round(seconds, 3),
+            "config": build.config,
+            "inputs": inputs,
+            "metrics": build.metrics,
+        }
+        self._write_manifest(manifest)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def _recover_interrupted_publish(self) -> None:
+        """Put back an artifact whose replacement was interrupted between the two renames."""
+        if not self.root.is_dir():
+            return
+        for artifact in Artifact:
+            target = self.path(artifact)
+            previous = target.with_name(f".{target.name}.previous")
+            if previous.is_dir() and not target.exists():
+                os.rename(previous, target)
