@@ -16,7 +16,9 @@ class Task(Protocol):
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: float | None = None) -> contextlib.AbstractContextManager[Task]: ...
+    def task(
+        self, description: str, total: float | None = None
+    ) -> contextlib.AbstractContextManager[Task]: ...
 
     def log(self, message: str) -> None: ...
 

@@ -1,4 +1,4 @@
-"""The workspace: the only code that knows artifact paths, the manifest, atomic publish and the lock.
+"""The workspace: the only code that knows artifact paths; manifest, atomic publish, lock.
 
 Every command reads artifacts from one directory and publishes its own with a rename, so a
 failed or interrupted command never leaves a half-written artifact nor destroys the last good

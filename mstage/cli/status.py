@@ -26,13 +26,16 @@ def status() -> None:
 
     def render(console):
         colour = {"ready": "green", "stale": "yellow", "missing": "red"}
+
+        def state(r):
+            reason = f" ({r['reason']})" if r["reason"] else ""
+            return f"[{colour[r['state']]}]{r['state']}[/]{reason}"
+
         console.print(table(
             f"workspace {ws.root}",
             ["artifact", "state", "built", "seconds", "built by"],
-            [(r["artifact"],
-              f"[{colour[r['state']]}]{r['state']}[/]" + (f" ({r['reason']})" if r["reason"] else ""),
-              r["built_at"] or "-", r["seconds"] if r["seconds"] is not None else "-", r["command"])
-             for r in rows],
+            [(r["artifact"], state(r), r["built_at"] or "-",
+              "-" if r["seconds"] is None else r["seconds"], r["command"]) for r in rows],
         ))
         console.print(f"next: {result['next']}" if result["next"] else "everything is up to date")
 
