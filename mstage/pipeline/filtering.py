@@ -1,0 +1,87 @@
+"""Stage 2, filtering: drop seen and rule-excluded candidates, refill short lists from popularity.
+
+Works on padded candidate lists ([batch, n] item ids with -1 padding, scores with -inf).
+Surviving candidates keep their retrieval order and are packed to the left; a row left with
+fewer than `min_candidates` is topped up with the most popular items that pass the same
+rules, and flagged, so no request ever gets an empty answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mstage.pipeline.ordering import PAD
+
+
+def excluded_items(
+    in_stock: np.ndarray | None,
+    categories: np.ndarray | None,
+    *,
+    exclude_out_of_stock: bool,
+    exclude_categories: list[str],
+) -> np.ndarray:
+    """Boolean [n_items]: items that business rules never allow, from catalog attributes."""
+    n = len(in_stock) if in_stock is not None else len(categories)
+    excluded = np.zeros(n, dtype=bool)
+    if exclude_out_of_stock and in_stock is not None:
+        excluded |= np.asarray(in_stock, dtype=float) == 0
+    if exclude_categories and categories is not None:
+        excluded |= np.isin(np.asarray(categories, dtype=str), exclude_categories)
+    return excluded
+
+
+def allowed_mask(
+    ids: np.ndarray, catalog_ids: np.ndarray, excluded: np.ndarray, seen: np.ndarray | None
+) -> np.ndarray:
+    """Boolean [b, n]: candidate is real, in the catalog, not excluded and not seen.
+
+    `catalog_ids` is sorted; `seen` [b, r] holds each user's seen ids (-1 padded) or None.
+    """
+    pos = np.clip(np.searchsorted(catalog_ids, ids), 0, len(catalog_ids) - 1)
+    known = catalog_ids[pos] == ids
+    ok = (ids != PAD) & known & ~excluded[pos]
+    if seen is not None and seen.size:
+        ok &= ~(ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
+    return ok
+
+
+def pack_left(ids: np.ndarray, scores: np.ndarray, keep: np.ndarray):
+    """Move kept candidates to the left in their original order; pad the rest."""
+    order = np.argsort(~keep, axis=1, kind="stable")
+    ids = np.where(keep, ids, PAD)
+    scores = np.where(keep, scores, -np.inf).astype(np.float32)
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def refill_from_popular(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    popular: np.ndarray,
+    seen: np.ndarray | None,
+    min_candidates: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top up rows with fewer than `min_candidates` ids from `popular` (allowed ids, best first).
+
+    Skips ids the row already holds or has seen. Refilled items get retrieval scores just
+    below the row's retrieved ones, in popularity order. Returns ids, scores, refilled [b].
+    """
+    counts = (ids != PAD).sum(axis=1)
+    short = np.flatnonzero(counts < min_candidates)
+    refilled = np.zeros(ids.shape[0], dtype=bool)
+    if short.size == 0:
+        return ids, scores, refilled
+    width = max(ids.shape[1], min_candidates)
+    out_ids = np.full((ids.shape[0], width), PAD, dtype=np.int64)
+    out_scores = np.full((ids.shape[0], width), -np.inf, dtype=np.float32)
+    out_ids[:, : ids.shape[1]], out_scores[:, : ids.shape[1]] = ids, scores
+    for r in short:
+        taken = set(ids[r][ids[r] != PAD].tolist())
+        if seen is not None:
+            taken |= set(seen[r][seen[r] != PAD].tolist())
+        extra = [i for i in popular[: min_candidates + len(taken)] if i not in taken]
+        extra = extra[: min_candidates - counts[r]]
+        floor = np.min(scores[r][ids[r] != PAD], initial=0.0) - 1.0
+        out_ids[r, counts[r] : counts[r] + len(extra)] = extra
+        out_scores[r, counts[r] : counts[r] + len(extra)] = floor - np.arange(len(extra)) * 1e-3
+        refilled[r] = len(extra) > 0
+    return out_ids, out_scores, refilled

@@ -1,0 +1,79 @@
+"""Stage 4, ordering: the final top-k, by score, by softmax sampling, or capped per category.
+
+Candidate lists are padded to a fixed width with item id -1 (score -inf); every strategy
+returns [batch, k] ids (padded with -1 when fewer than k candidates exist) and scores.
+Equal scores are ordered by smaller item id, the evaluation protocol's rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PAD = -1
+
+
+def _ordering_keys(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Indices [b, n] that sort each row by key descending, then id ascending, padding last."""
+    padded = ids == PAD
+    # np.lexsort sorts by the last key first.
+    return np.lexsort((ids, -np.where(padded, -np.inf, keys), padded), axis=-1)
+
+
+def top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best candidates per row: ids [b, n] int64, scores [b, n] -> ([b, k], [b, k])."""
+    order = _ordering_keys(ids, scores)[:, :k]
+    return _take(ids, scores, order, k)
+
+
+def softmax_sample(
+    ids: np.ndarray, scores: np.ndarray, k: int, temperature: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sample k candidates without replacement with probability proportional to exp(score / T).
+
+    Uses the Gumbel-top-k identity: the top k of score/T + Gumbel noise are distributed as
+    successive draws without replacement from softmax(score/T). As T -> 0 this is top_k.
+    """
+    noise = rng.gumbel(size=scores.shape)
+    keys = scores / temperature + noise
+    order = _ordering_keys(ids, keys)[:, :k]
+    return _take(ids, scores, order, k)
+
+
+def category_capped(
+    ids: np.ndarray, scores: np.ndarray, k: int, categories: np.ndarray, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best-first, at most `cap` items per category; topped up from the rest when short.
+
+    `categories` [b, n] holds a category code per candidate. A row whose candidates span
+    too few categories to fill k under the cap is topped up with its best skipped items,
+    so the answer is never shorter than plain top-k would be.
+    """
+    order = _ordering_keys(ids, scores)
+    out_ids = np.full((ids.shape[0], k), PAD, dtype=ids.dtype)
+    out_scores = np.full((ids.shape[0], k), -np.inf, dtype=np.float32)
+    for r in range(ids.shape[0]):
+        kept, skipped, count = [], [], {}
+        for j in order[r]:
+            if ids[r, j] == PAD or len(kept) == k:
+                break
+            c = categories[r, j]
+            if count.get(c, 0) < cap:
+                count[c] = count.get(c, 0) + 1
+                kept.append(j)
+            else:
+                skipped.append(j)
+        chosen = (kept + skipped)[:k]
+        out_ids[r, : len(chosen)] = ids[r, chosen]
+        out_scores[r, : len(chosen)] = scores[r, chosen]
+    return out_ids, out_scores
+
+
+def _take(ids, scores, order, k):
+    out_ids = np.take_along_axis(ids, order, axis=1)
+    out_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    out_scores[out_ids == PAD] = -np.inf
+    if out_ids.shape[1] < k:
+        pad = k - out_ids.shape[1]
+        out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=PAD)
+        out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return out_ids, out_scores
