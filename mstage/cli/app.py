@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -151,6 +152,9 @@ def main(
 ) -> None:
     global _current
     _current = ctx.obj = Session(workspace, json=json_output, quiet=quiet, verbose=verbose)
+    if not verbose:
+        # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is not ours to show.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

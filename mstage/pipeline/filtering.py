@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mstage.pipeline.base import StageOperator, item_table, recent_width
+from mstage.pipeline.operator import ColumnSpec
 from mstage.pipeline.ordering import PAD
 
 
@@ -85,3 +87,47 @@ def refill_from_popular(
         out_scores[r, counts[r] : counts[r] + len(extra)] = floor - np.arange(len(extra)) * 1e-3
         refilled[r] = len(extra) > 0
     return out_ids, out_scores, refilled
+
+
+class FilterCandidates(StageOperator):
+    """Drops seen and rule-excluded candidates; refills short lists from popular items.
+
+    sources: `features` (item attributes for the rules). params: the [filtering] config and
+    `min_candidates`. arrays: `popular` (item ids, most popular first).
+    """
+
+    def _open(self) -> None:
+        items = item_table(str(self.sources["features"]))
+        p = self.params
+        self.catalog = items["item_id"].to_numpy(dtype=np.int64)
+        self.excluded = excluded_items(
+            items[p["stock_column"]].to_numpy() if p["stock_column"] in items else None,
+            items[p["category_column"]].to_numpy() if p["category_column"] in items else None,
+            exclude_out_of_stock=p["exclude_out_of_stock"],
+            exclude_categories=p["exclude_categories"],
+        )
+        popular = self.arrays["popular"]
+        self.popular_allowed = popular[allowed_mask(popular[None, :], self.catalog,
+                                                    self.excluded, None)[0]]
+        n = int(p["candidates"])
+        self.inputs = [ColumnSpec("candidate_ids", "int64", (-1, n)),
+                       ColumnSpec("retrieval_scores", "float32", (-1, n)),
+                       ColumnSpec("recent_items", "int64", (-1, recent_width(self.sources)))]
+        self.width = max(n, int(p["min_candidates"]))
+        self.outputs = [ColumnSpec("filtered_ids", "int64", (-1, self.width)),
+                        ColumnSpec("filtered_scores", "float32", (-1, self.width)),
+                        ColumnSpec("refilled", "int8")]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, scores = batch["candidate_ids"], batch["retrieval_scores"]
+        seen = batch["recent_items"] if self.params["exclude_seen"] else None
+        keep = allowed_mask(ids, self.catalog, self.excluded, seen)
+        ids, scores = pack_left(ids, scores, keep)
+        ids, scores, refilled = refill_from_popular(
+            ids, scores, self.popular_allowed, seen, int(self.params["min_candidates"]))
+        if ids.shape[1] < self.width:
+            pad = self.width - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=PAD)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return {"filtered_ids": ids, "filtered_scores": scores.astype(np.float32),
+                "refilled": refilled.astype(np.int8)}

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mstage.errors import InputError
+from mstage.pipeline.base import StageOperator, item_table
+from mstage.pipeline.operator import ColumnSpec
+
 PAD = -1
 
 
@@ -77,3 +81,64 @@ def _take(ids, scores, order, k):
         out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=PAD)
         out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     return out_ids, out_scores
+
+
+class OrderCandidates(StageOperator):
+    """Final top-k by ranking score: `topk`, `softmax` sampling, optionally capped per category.
+
+    sources: `features` (item categories, for the cap). params: the [ordering] config,
+    `top_k` (default when a request has none) and `width`. Softmax draws are seeded per
+    (seed, user id), so a user's sample does not depend on who shares the batch.
+    """
+
+    def _open(self) -> None:
+        p = self.params
+        width = int(p["width"])
+        self.inputs = [
+            ColumnSpec("user_id", "int64"),
+            ColumnSpec("filtered_ids", "int64", (-1, width)),
+            ColumnSpec("ranking_scores", "float32", (-1, width)),
+            ColumnSpec("cold_start", "int8"),
+            ColumnSpec("refilled", "int8"),
+            ColumnSpec("top_k", "int64", optional=True),
+        ]
+        self.outputs = [ColumnSpec("item_ids", "int64", (-1, -1)),
+                        ColumnSpec("scores", "float32", (-1, -1)),
+                        ColumnSpec("fallback", "int8")]
+        self.categories = None
+        if p["category_cap"] > 0:
+            items = item_table(str(self.sources["features"]))
+            if p["category_column"] in items:
+                import pandas as pd
+
+                codes, _ = pd.factorize(items[p["category_column"]])
+                self.catalog = items["item_id"].to_numpy(dtype=np.int64)
+                self.categories = codes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, scores = batch["filtered_ids"], batch["ranking_scores"]
+        requested = batch.get("top_k")
+        k = int(requested.max()) if requested is not None and requested.size else \
+            int(self.params["top_k"])
+        if k < 1:
+            raise InputError(f"expected top_k >= 1, found {k}")
+        p = self.params
+        if p["strategy"] == "softmax":
+            out_ids, out_scores = zip(*[
+                softmax_sample(ids[r : r + 1], scores[r : r + 1], k, p["temperature"],
+                               np.random.default_rng([p["seed"], int(u)]))
+                for r, u in enumerate(batch["user_id"])
+            ], strict=True)
+            out_ids, out_scores = np.concatenate(out_ids), np.concatenate(out_scores)
+        elif self.categories is not None:
+            pos = np.clip(np.searchsorted(self.catalog, ids), 0, len(self.catalog) - 1)
+            out_ids, out_scores = category_capped(ids, scores, k, self.categories[pos],
+                                                  p["category_cap"])
+        else:
+            out_ids, out_scores = top_k(ids, scores, k)
+        if requested is not None:
+            beyond = np.arange(k)[None, :] >= requested.reshape(-1, 1)
+            out_ids[beyond], out_scores[beyond] = PAD, -np.inf
+        fallback = (batch["cold_start"] > 0) | (batch["refilled"] > 0)
+        return {"item_ids": out_ids, "scores": out_scores, "fallback": fallback.astype(np.int8)}
+

@@ -49,10 +49,17 @@ class Pipeline:
             available.update({c.name: c for c in op.outputs})
         self.columns = available
 
-    def run(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[StageTiming]]:
-        """All columns after the last stage, and one StageTiming per stage."""
+    def run(
+        self, batch: dict[str, np.ndarray], pinned: dict[str, np.ndarray] | None = None
+    ) -> tuple[dict[str, np.ndarray], list[StageTiming]]:
+        """All columns after the last stage, and one StageTiming per stage.
+
+        `pinned` columns win over what any stage writes under the same name (offline
+        evaluation pins `recent_items` to each user's train items).
+        """
         check_batch(self.request, batch, "request")
-        columns = dict(batch)
+        pinned = pinned or {}
+        columns = dict(batch) | pinned
         timings = []
         for name, op in self.stages:
             inputs = {s.name: columns[s.name] for s in op.inputs if s.name in columns}
@@ -61,6 +68,7 @@ class Pipeline:
             out = op(inputs)
             seconds = time.perf_counter() - started
             columns.update(out)
+            columns.update(pinned)
             items_out = _candidate_count(out, _candidates_column(op.outputs))
             timings.append(StageTiming(name, seconds, items_in, items_out))
         return columns, timings
