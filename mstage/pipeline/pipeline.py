@@ -69,13 +69,17 @@ class Pipeline:
             seconds = time.perf_counter() - started
             columns.update(out)
             columns.update(pinned)
-            items_out = _candidate_count(out, _candidates_column(op.outputs))
+            produced = _candidates_column(op.outputs)
+            items_out = items_in if produced is None else _candidate_count(out, produced)
             timings.append(StageTiming(name, seconds, items_in, items_out))
         return columns, timings
 
 
 def _candidates_column(specs: Sequence[ColumnSpec]) -> str | None:
-    """The stage's candidate-id column: the first 2-D int64 column ending in `_ids`."""
+    """The stage's candidate-id column: the first 2-D int64 column ending in `_ids`.
+
+    A stage without one (scoring) passes its candidates through unchanged.
+    """
     for spec in specs:
         if spec.name.endswith("_ids") and spec.dtype == "int64" and len(spec.shape) == 2:
             return spec.name
