@@ -1,0 +1,132 @@
+"""Build the workspace's Triton model repository from its Recommender (`mstage build-ensemble`).
+
+The repository is written through `Workspace.build`, so a failed build keeps the last good
+one. Each stage operator is the very object the in-process `Recommender` runs, saved with
+`save_operator` (its artifacts copied in): the repository holds no path outside itself and
+can be copied to another machine (see docs/deploy-triton.md). A final scan refuses to
+publish a repository that still names the workspace directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mstage.config import Config, ServingConfig, as_dict
+from mstage.errors import ConfigError, MstageError
+from mstage.serving.repository import DEVICES, ENSEMBLE, write_repository
+from mstage.workspace import Artifact, Workspace
+
+REPOSITORY_DIR = "model_repository"
+RESPONSE_OUTPUTS = ("item_ids", "scores", "fallback")
+
+
+@dataclass
+class EnsembleBuild:
+    """What `build_ensemble` published: the repository, its models, and warnings to show."""
+
+    repository: Path
+    models: list[str]
+    ensemble: str
+    device: str
+    instances: int
+    top_k: int
+    candidates: int
+    max_batch_size: int
+    files: int
+    bytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"repository": str(self.repository)}
+
+
+def repository_path(ws: Workspace) -> Path:
+    """Where the published repository lives: WORKSPACE/ensemble/model_repository."""
+    return ws.path(Artifact.ENSEMBLE) / REPOSITORY_DIR
+
+
+def check_serving(serving: ServingConfig) -> None:
+    """Reject serving settings the ensemble cannot be built with (one line each)."""
+    if serving.device not in DEVICES:
+        raise ConfigError(f"expected --device cpu or gpu, found {serving.device!r}")
+    if serving.instances < 1:
+        raise ConfigError(f"expected --instances >= 1, found {serving.instances}")
+    if serving.top_k < 1:
+        raise ConfigError(f"expected --top-k >= 1, found {serving.top_k}")
+    if serving.candidates < serving.top_k:
+        raise ConfigError(f"expected --candidates >= --top-k, found {serving.candidates} < "
+                          f"{serving.top_k}; raise --candidates or lower --top-k")
+
+
+def stale_inputs(ws: Workspace) -> list[str]:
+    """One warning per input artifact of the ensemble that is stale."""
+    warnings = []
+    for artifact in Artifact.ENSEMBLE.inputs:
+        state, reason = ws.state(artifact)
+        if state == "stale":
+            warnings.append(f"{artifact.dirname} is stale ({reason}); "
+                            f"run `mstage {artifact.command}`")
+    return warnings
+
+
+def build_ensemble(ws: Workspace, config: Config) -> EnsembleBuild:
+    """Write and publish the model repository for `config.serving`'s settings.
+
+    Raises ArtifactMissing (naming the command) when an input artifact is absent and
+    ConfigError for unusable serving settings; stale inputs only warn.
+    """
+    from mstage.pipeline.recommender import Recommender
+
+    serving = config.serving
+    check_serving(serving)
+    for artifact in Artifact.ENSEMBLE.inputs:
+        ws.require(artifact)
+    recommender = Recommender.from_workspace(ws, config, candidates=serving.candidates,
+                                             top_k=serving.top_k)
+    if serving.top_k > recommender.n_items:
+        raise ConfigError(f"expected --top-k <= the catalog size {recommender.n_items}, found "
+                          f"{serving.top_k}")
+    warnings = list(dict.fromkeys(stale_inputs(ws) + list(recommender.warnings)))
+    with ws.build(Artifact.ENSEMBLE) as b:
+        repo = b.dir / REPOSITORY_DIR
+        plan = write_repository(
+            repo, recommender.stages, device=serving.device, instances=serving.instances,
+            max_batch_size=serving.max_batch_size, max_queue_delay_us=serving.batch_delay_us,
+            response_outputs=RESPONSE_OUTPUTS)
+        leaks = files_naming(repo, [ws.root.resolve(), b.dir.resolve()])
+        if leaks:
+            raise MstageError(f"expected a self-contained model repository, found the workspace "
+                              f"path in {leaks[0].relative_to(repo)} ({len(leaks)} file(s)); "
+                              "the previous ensemble is kept")
+        files = [p for p in repo.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        b.config = {"serving": as_dict(serving), "filtering": as_dict(config.filtering),
+                    "ordering": as_dict(config.ordering)}
+        b.metrics = {"models": [s.model for s in plan.steps] + [plan.name],
+                     "files": len(files), "bytes": size}
+    return EnsembleBuild(
+        repository_path(ws), [s.model for s in plan.steps] + [plan.name], ENSEMBLE,
+        serving.device, serving.instances, serving.top_k, serving.candidates,
+        serving.max_batch_size, len(files), size, warnings)
+
+
+def files_naming(root: Path, paths: list[Path]) -> list[Path]:
+    """Files under `root` whose bytes contain any of `paths` (as text): absolute paths that
+    would break once the repository is copied elsewhere. Read in chunks (stores can be big)."""
+    needles = [str(p).encode() for p in paths]
+    overlap = max(len(n) for n in needles)
+    found = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        with open(path, "rb") as f:
+            tail = b""
+            while chunk := f.read(1 << 22):
+                window = tail + chunk
+                if any(n in window for n in needles):
+                    found.append(path)
+                    break
+                tail = window[-overlap:]
+    return found

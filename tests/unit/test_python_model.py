@@ -1,0 +1,154 @@
+"""The generic python-backend model, driven by a stand-in for triton_python_backend_utils."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from mstage.pipeline.operator import ColumnSpec
+from mstage.serving.python_model import StageRunner, make_model
+from mstage.serving.repository import write_repository
+
+
+class FakePb:
+    """Just enough of triton_python_backend_utils: requests are dicts of arrays."""
+
+    class TritonError:
+        def __init__(self, message):
+            self.message = message
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        @classmethod
+        def from_dlpack(cls, name, owner):
+            if not owner.flags.writeable or not owner.flags.c_contiguous:
+                raise BufferError("Cannot export readonly array")  # as the real stub does
+            return cls(name, np.from_dlpack(owner).copy())
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        if name not in request:
+            return None
+        view = request[name].view()
+        view.flags.writeable = False  # inputs read through DLPack are read-only
+        return view
+
+
+class RowSum:
+    """total[b] = sum(values[b]) + bonus[b] (bonus defaults to 0); counts its calls."""
+
+    inputs = [ColumnSpec("values", "int64", (-1, -1)),
+              ColumnSpec("bonus", "int64", optional=True)]
+    outputs = [ColumnSpec("total", "int64")]
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        values = batch["values"]
+        if values.min(initial=0) < 0:
+            raise ValueError("negative values")
+        return {"total": values.sum(axis=1) + batch.get("bonus", 0)}
+
+
+def test_requests_are_run_together_and_split_back():
+    op = RowSum()
+    requests = [{"values": np.array([[1, 2]])},
+                {"values": np.array([[3, 4], [5, 6]]), "bonus": np.array([10, 20])},
+                {"values": np.array([[7, 8]]), "bonus": np.array([1])}]
+    responses = StageRunner(op, "sum").execute(requests, FakePb)
+    assert [r.error for r in responses] == [None] * 3
+    # Request 0 lacks the optional bonus: a different input set, so it runs on its own;
+    # requests 1 and 2 share one call: [3+4+10, 5+6+20] and [7+8+1].
+    assert [r.outputs["total"].tolist() for r in responses] == [[3], [17, 31], [16]]
+    assert op.calls == 2
+
+
+def test_different_widths_are_separate_groups():
+    op = RowSum()
+    responses = StageRunner(op, "sum").execute(
+        [{"values": np.array([[1, 2]])}, {"values": np.array([[1, 2, 3]])}], FakePb)
+    assert [r.outputs["total"].tolist() for r in responses] == [[3], [6]]
+    assert op.calls == 2
+
+
+def test_bad_request_gets_an_error_naming_the_input_and_others_are_answered():
+    responses = StageRunner(RowSum(), "sum").execute(
+        [{"bonus": np.array([1])}, {"values": np.array([[1.0]])}, {"values": np.array([[2]])}],
+        FakePb)
+    assert responses[0].error.message == ("model sum: expected column 'values' (int64, shape "
+                                          "[-1, -1]), found only ['bonus']")
+    assert responses[1].error.message == ("model sum: expected 'values' (int64, shape [-1, -1]), "
+                                          "found float64 [1, 1]")
+    assert responses[2].outputs["total"].tolist() == [2]
+
+
+def test_operator_failure_becomes_error_responses_for_its_group_only():
+    responses = StageRunner(RowSum(), "sum").execute(
+        [{"values": np.array([[-1, 0]])}, {"values": np.array([[1, 1]])},
+         {"values": np.array([[5]])}], FakePb)
+    # Requests 0 and 1 (width 2) run together and fail together; request 2 (width 1) is fine.
+    failed = ["model sum: ValueError: negative values"] * 2
+    assert [r.error.message for r in responses[:2]] == failed
+    assert responses[2].outputs["total"].tolist() == [5]
+
+
+def test_an_input_passed_through_as_output_is_exported():
+    class Echo(RowSum):
+        outputs = [ColumnSpec("values", "int64", (-1, -1))]
+
+        def __call__(self, batch):
+            return {"values": batch["values"]}
+
+    (response,) = StageRunner(Echo(), "echo").execute([{"values": np.array([[1, 2]])}], FakePb)
+    assert response.error is None
+    assert response.outputs["values"].tolist() == [[1, 2]]
+
+
+def test_operator_returning_wrong_rows_is_reported():
+    class Broken(RowSum):
+        def __call__(self, batch):
+            return {"total": np.array([1, 2, 3])}
+
+    (response,) = StageRunner(Broken(), "broken").execute([{"values": np.array([[1]])}], FakePb)
+    assert response.error.message == "model broken: expected 1 output rows, found [3]"
+
+
+def test_make_model_loads_the_operator_from_the_repository(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    code = tmp_path / "scale_ops.py"
+    code.write_text(
+        "import json, numpy as np\n"
+        "from mstage.pipeline.operator import ColumnSpec\n"
+        "class Scale:\n"
+        "    inputs = [ColumnSpec('user_id', 'int64')]\n"
+        "    outputs = [ColumnSpec('item_ids', 'int64', (-1, 1)),\n"
+        "               ColumnSpec('scores', 'float32', (-1, 1))]\n"
+        "    def __init__(self, factor): self.factor = factor\n"
+        "    @classmethod\n"
+        "    def load(cls, d): return cls(json.loads((d / 'p.json').read_text())['factor'])\n"
+        "    def save(self, d): (d / 'p.json').write_text(json.dumps({'factor': self.factor}))\n"
+        "    def __call__(self, b):\n"
+        "        ids = b['user_id'][:, None] * self.factor\n"
+        "        return {'item_ids': ids, 'scores': ids.astype(np.float32)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import scale_ops
+
+    write_repository(tmp_path / "repo", [("scale", scale_ops.Scale(3))], code=[code])
+    sys.modules.pop("scale_ops")
+    sys.path.remove(str(tmp_path))  # the model must find the module in its own python/ dir
+    model = make_model()()
+    model.initialize({"model_repository": str(tmp_path / "repo" / "scale"),
+                      "model_version": "1", "model_name": "scale"})
+    (response,) = model.runner.execute([{"user_id": np.array([2, 5])}], FakePb)
+    assert response.outputs["item_ids"].tolist() == [[6], [15]]  # 2*3, 5*3
+    assert str(tmp_path / "repo" / "scale" / "1" / "python") in sys.path
