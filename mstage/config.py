@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -25,10 +26,24 @@ def _positive(section: str, **values: float) -> None:
             raise ConfigError(f"expected {section}.{name} > 0, found {value!r}")
 
 
+def _one_of(section: str, **values: tuple[str, tuple[str, ...]]) -> None:
+    for name, (value, allowed) in values.items():
+        if value not in allowed:
+            raise ConfigError(f"expected {section}.{name} in {', '.join(allowed)}, found {value!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """How raw tables map onto mstage's schema (written by `mstage prepare-data`)."""
+    """How raw tables map onto mstage's schema (written by `mstage prepare-data`).
 
+    Input paths are stored absolute ("" = not given), so a later `mstage prepare-data` with
+    no options re-reads the same files; list fields name feature columns of the users and
+    items tables.
+    """
+
+    interactions: str = ""
+    users: str = ""
+    items: str = ""
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str = "timestamp"
@@ -42,82 +57,153 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """Two-tower training. Adagrad by default: its cost stays flat as id tables grow."""
+    """Two-tower training (docs/train-retrieval.md). Adagrad by default: its cost stays flat
+    as id tables grow, unlike Adam's. `epochs` is the most the validation phase runs; early
+    stopping on validation recall@20 (after `patience` epochs without gain) picks the count
+    used to refit on all of train."""
 
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 256
     embedding_dim: int = 64
-    learning_rate: float = 0.05
-    temperature: float = 0.05
+    learning_rate: float = 0.2
+    temperature: float = 0.1
     seed: int = 42
     optimizer: str = "adagrad"
-    patience: int = 3
+    patience: int = 5
     split: str = "user-temporal"
+    feature_dim: int = 16
+    hidden_units: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _positive("retrieval", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
-                  temperature=self.temperature)
+                  temperature=self.temperature, patience=self.patience,
+                  feature_dim=self.feature_dim)
+        _positive("retrieval", **{f"hidden_units[{i}]": u for i, u in enumerate(self.hidden_units)})
+        _one_of("retrieval", optimizer=(self.optimizer, ("adagrad", "sgd", "adam")),
+                split=(self.split, ("user-temporal", "global")))
 
 
 @dataclass(frozen=True)
 class RankingConfig:
-    """DLRM training; `negatives` sampled per positive when the data has no labels."""
+    """DLRM training (docs/train-ranking.md). `negatives` are sampled per positive only when
+    the data has no click labels. Adam by default: on these small ranking tables it reaches
+    its best validation AUC in 2-4 epochs where Adagrad needs 10+. `epochs` is the most the
+    validation phase runs; early stopping on validation AUC (after `patience` epochs without
+    gain) picks the count used to refit on all of train."""
 
     epochs: int = 10
     batch_size: int = 1024
     embedding_dim: int = 16
-    learning_rate: float = 0.05
+    learning_rate: float = 0.003
     negatives: int = 4
     seed: int = 42
-    optimizer: str = "adagrad"
+    optimizer: str = "adam"
     patience: int = 2
     split: str = "user-temporal"
 
     def __post_init__(self) -> None:
         _positive("ranking", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
-                  negatives=self.negatives)
+                  negatives=self.negatives, patience=self.patience)
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """The Feast store: `sqlite` (in the workspace) or `redis://HOST:PORT`."""
+    """The Feast store: `sqlite` (inside the features artifact) or `redis://HOST:PORT`.
+
+    `recent_items` is how many of each user's latest positive items the `recent_items` user
+    feature keeps (the filtering stage drops them as already seen).
+    """
 
     online_store: str = "sqlite"
     recent_items: int = 50
 
+    def __post_init__(self) -> None:
+        _positive("features", recent_items=self.recent_items)
+        if self.online_store != "sqlite" and not _REDIS_URL.fullmatch(self.online_store):
+            raise ConfigError(
+                "expected features.online_store to be 'sqlite' or 'redis://HOST:PORT', "
+                f"found {self.online_store!r}"
+            )
+
+
+_REDIS_URL = re.compile(r"redis://[^:/\s]+:\d{1,5}")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Faiss index type (`auto`, `flat`, `ivf`, `hnsw` or a factory string) and tuning target."""
+    """Faiss index type (`auto`, `flat`, `ivf`, `hnsw` or a factory string) and tuning target.
+
+    `auto` is exact below `exact_below` items and IVF above; approximate indexes are tuned
+    until recall@100 against exact search reaches `target_recall` on `tune_queries` queries:
+    `queries` = auto (users through the query tower when there is one, else items), users,
+    items, or a .parquet/.npy file of query embeddings.
+    """
 
     index: str = "auto"
     target_recall: float = 0.95
+    exact_below: int = 50_000
+    tune_queries: int = 1000
+    queries: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("index", tune_queries=self.tune_queries)
+        if not self.index.strip():
+            raise ConfigError("expected index.index auto, flat, ivf, hnsw or a faiss factory "
+                              "string, found an empty string")
+        if math.isnan(self.target_recall) or not 0 < self.target_recall <= 1:
+            raise ConfigError(f"expected index.target_recall in (0, 1], "
+                              f"found {self.target_recall!r}")
+        if self.exact_below < 0:
+            raise ConfigError(f"expected index.exact_below >= 0, found {self.exact_below!r}")
 
 
 @dataclass(frozen=True)
 class FilteringConfig:
-    """Business rules applied to candidates before scoring."""
+    """Business rules applied to candidates before scoring.
+
+    `exclude_seen` drops the user's recent items (the feature store's `recent_items`);
+    `exclude_out_of_stock` drops items whose `stock_column` is 0; `exclude_categories`
+    drops items whose `category_column` is one of them. A rule whose column the item
+    table lacks does nothing.
+    """
 
     exclude_seen: bool = True
     exclude_out_of_stock: bool = True
     exclude_categories: list[str] = field(default_factory=list)
+    stock_column: str = "in_stock"
+    category_column: str = "category"
 
 
 @dataclass(frozen=True)
 class OrderingConfig:
-    """How the final list is ordered: `topk`, `softmax` sampling, optional per-category cap."""
+    """How the final list is ordered: `topk` or `softmax` sampling (weights exp(score / T),
+    seeded per user), optionally at most `category_cap` items per `category_column`."""
 
     strategy: str = "topk"
     temperature: float = 1.0
     category_cap: int = 0
+    category_column: str = "category"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("topk", "softmax"):
+            raise ConfigError(
+                f"expected ordering.strategy 'topk' or 'softmax', found {self.strategy!r}")
+        _positive("ordering", temperature=self.temperature)
+        if self.category_cap < 0:
+            raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
 
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """Request defaults and Triton deployment settings."""
+    """Request defaults and Triton deployment settings (docs/serve.md).
+
+    `max_batch_size` > 0 lets Triton batch concurrent requests (0 turns batching off);
+    `batch_delay_us` is how long a request may wait for others to join its batch.
+    """
 
     top_k: int = 10
     candidates: int = 200
@@ -126,6 +212,8 @@ class ServingConfig:
     http_port: int = 8000
     grpc_port: int = 8001
     host: str = "127.0.0.1"
+    max_batch_size: int = 64
+    batch_delay_us: int = 200
 
 
 @dataclass(frozen=True)

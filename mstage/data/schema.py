@@ -14,7 +14,8 @@ Layout of `workspace/data/`:
   `id` int64.
 
 Multi-valued features are stored as lists of strings; categorical as strings; numeric as
-float64. Ids are the user's own ids (int64), never dense indices.
+float64; a missing value is null, NaN or an empty list. Ids are the user's own ids (int64),
+never dense indices.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ class PreparedData:
     @property
     def items(self):
         return self._read("items")
+
+    def id_map(self, kind: str):
+        """`raw_id` -> `id` DataFrame for 'users' or 'items'; None when those ids were numeric."""
+        import pandas as pd
+
+        path = self.root / "id_maps" / f"{kind}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
 
     def positives(self):
         """Rows that count as interactions for the evaluation protocol (label == 1)."""
