@@ -62,11 +62,11 @@ class RetrievalConfig:
     stopping on validation recall@20 (after `patience` epochs without gain) picks the count
     used to refit on all of train."""
 
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 256
     embedding_dim: int = 64
-    learning_rate: float = 0.2
-    temperature: float = 0.1
+    learning_rate: float = 0.5
+    temperature: float = 0.2
     seed: int = 42
     optimizer: str = "adagrad"
     patience: int = 5

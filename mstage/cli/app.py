@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from mstage import __version__
@@ -96,10 +97,10 @@ class Session:
         return RichReporter(self.err, enabled=not self.quiet and self.err.is_terminal)
 
     def log(self, message: str) -> None:
-        self.err.print(message, highlight=False)
+        self.err.print(escape(message), highlight=False)
 
     def warn(self, message: str) -> None:
-        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {message}",
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {escape(message)}",
                                                    highlight=False)
 
     def emit(self, result: Any, render: Callable[[Console], None] | None = None) -> None:
@@ -159,7 +160,8 @@ def main(
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """One red line on stderr and an exit code; raise the returned exception."""
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(message)}",
+                                               highlight=False)
     return typer.Exit(code)
 
 

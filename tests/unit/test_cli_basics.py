@@ -44,3 +44,12 @@ def test_workspace_that_is_a_file_is_a_usage_error(cli, tmp_path):
     assert result.exit_code == 2
     assert "found a file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+
+def test_error_text_in_brackets_is_printed_verbatim(capsys):
+    from mstage.cli.app import fail
+
+    exit_ = fail("expected shape [n, 8] in [index] of mstage.toml", 2)
+    assert exit_.exit_code == 2
+    assert "expected shape [n, 8] in [index] of mstage.toml" in capsys.readouterr().err
