@@ -88,8 +88,8 @@ class RetrievalConfig:
 class RankingConfig:
     """DLRM training (docs/train-ranking.md). `negatives` are sampled per positive only when
     the data has no click labels. Adam by default: on these small ranking tables it reaches
-    its best validation AUC in 2-4 epochs where Adagrad needs 10+. `epochs` is the most the
-    validation phase runs; early stopping on validation AUC (after `patience` epochs without
+    its best validation AUC in 2-4 epochs where Adagrad needs 7 or more. `epochs` is the most
+    the validation phase runs; early stopping on validation AUC (after `patience` epochs without
     gain) picks the count used to refit on all of train."""
 
     epochs: int = 10

@@ -1,0 +1,65 @@
+"""`mstage train-ranking`: train, evaluate and export the DLRM click model."""
+
+from __future__ import annotations
+
+import typer
+
+from mstage.cli.app import command, session, table
+from mstage.errors import UsageError
+
+
+def _check_positive(**options: float | None) -> None:
+    for name, value in options.items():
+        if value is not None and not value > 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"expected {flag} > 0, found {value}; pass a positive value")
+
+
+@command("train-ranking")
+def train_ranking(
+    epochs: int = typer.Option(None, help="Most epochs of the validation phase; early stopping "
+                               "on validation AUC picks the count used to refit. \\[default: "
+                               "from mstage.toml, 10]"),
+    batch_size: int = typer.Option(None, help="Rows (user, item, label) per batch. "
+                                   "\\[default: 1024]"),
+    embedding_dim: int = typer.Option(None, help="Size of every embedding and of the bottom "
+                                      "MLP output. \\[default: 16]"),
+    learning_rate: float = typer.Option(None, help="Optimizer (Adam) learning rate. "
+                                        "\\[default: 0.003]"),
+    seed: int = typer.Option(None, help="Random seed (initialisation, shuffling, train "
+                             "negatives). \\[default: 42]"),
+    negatives: int = typer.Option(None, help="Sampled negatives per positive when the data "
+                                  "has no click labels. \\[default: 4]"),
+) -> None:
+    """Train the DLRM ranker on prepared data, report test AUC / log loss beside a baseline,
+    export a SavedModel."""
+    from mstage.config import as_dict, override
+    from mstage.data.schema import PreparedData
+    from mstage.models.dlrm import train_ranking as run_training
+    from mstage.workspace import Artifact
+
+    _check_positive(epochs=epochs, batch_size=batch_size, embedding_dim=embedding_dim,
+                    learning_rate=learning_rate, negatives=negatives)
+    s = session()
+    config = override(s.config.ranking, epochs=epochs, batch_size=batch_size,
+                      embedding_dim=embedding_dim, learning_rate=learning_rate, seed=seed,
+                      negatives=negatives)
+    ws = s.workspace
+    data = PreparedData(ws.require(Artifact.DATA))
+    with ws.build(Artifact.RANKING) as b:
+        metrics = run_training(data, config, b.dir, s.progress())
+        b.config = as_dict(config)
+        b.metrics = metrics
+    result = {"artifact": str(ws.path(Artifact.RANKING)), "split": config.split, **metrics}
+
+    def render(console):
+        console.print(table(
+            f"test, {config.split} split, {metrics['test_rows']} rows "
+            f"({metrics['test_positives']} positives; labels: {metrics['labels']})",
+            ["model", "AUC", "log loss"],
+            [(f"DLRM ({metrics['epochs_trained']} epochs)", metrics["test_auc"],
+              metrics["test_log_loss"]),
+             (metrics["baseline"], metrics["baseline_auc"], metrics["baseline_log_loss"])]))
+        console.print(f"exported to {result['artifact']}; next: mstage build-ensemble")
+
+    s.emit(result, render)

@@ -1,0 +1,498 @@
+"""DLRM click model: the network, its SavedModel export, the serving-side scorer, and the
+training protocol (validation phase, refit, test AUC beside a baseline).
+
+Inputs are the encoded arrays of `mstage.models.encoders` for a batch of b (user, item)
+rows: `user_id`, `item_id` and every user and item feature, merged into one dict. There are
+no context features: the online request carries only a user id and candidates, so the
+model sees nothing the scoring stage would not have at serving time.
+
+Network, with d = embedding dim:
+- one embedding table per id / categorical feature: [b] -> [b, d]; per multi-valued
+  feature: [b, L] -> mean over non-padding positions -> [b, d];
+- bottom MLP over the numeric features plus a constant 1 -> [b, d]; the constant makes
+  the bottom vector a learned bias even without numeric features, so its dot product with
+  the item embedding acts as a per-item bias;
+- pairwise dot products of all F vectors ([b, F, d] -> [b, F(F-1)/2]), concatenated with
+  the bottom vector, through the top MLP -> one logit per row; sigmoid = click probability.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mstage.errors import InputError
+from mstage.models.encoders import FeatureEncoders, FeatureSpec
+
+SAVED_MODEL_DIR = "saved_model"
+ENCODERS_DIR = "encoders"
+PARAMS_FILE = "params.json"
+OUTPUT = "probability"
+BOTTOM_UNITS = (64,)
+TOP_UNITS = (128, 64)
+PREDICT_BATCH = 8192
+
+
+def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
+               bottom_units: tuple[int, ...] = BOTTOM_UNITS,
+               top_units: tuple[int, ...] = TOP_UNITS):
+    """A Keras functional model: dict of encoded inputs (see module docstring) -> logits [b]."""
+    import keras
+    from keras import layers, ops
+
+    inputs = {s.name: keras.Input(shape=s.shape, dtype=s.dtype, name=s.name) for s in specs}
+    scalar = next(s for s in specs if s.shape == ())  # ids are always scalar per row
+    ones = ops.ones_like(ops.cast(ops.expand_dims(inputs[scalar.name], -1), "float32"))
+    numeric = [ops.expand_dims(inputs[s.name], -1) for s in specs if s.kind == "numeric"]
+    dense = ops.concatenate(numeric + [ones], axis=1)  # [b, n_numeric + 1]
+    for units in bottom_units:
+        dense = layers.Dense(units, activation="relu")(dense)
+    bottom = layers.Dense(embedding_dim, name="bottom_out")(dense)  # [b, d]
+
+    vectors = [bottom]
+    for s in specs:
+        if s.kind == "numeric":
+            continue
+        table = layers.Embedding(s.cardinality, embedding_dim, name=f"emb_{s.name}")
+        x = inputs[s.name]
+        if s.kind == "multi":
+            mask = ops.expand_dims(ops.cast(ops.greater(x, 0), "float32"), -1)  # [b, L, 1]
+            summed = ops.sum(table(x) * mask, axis=1)
+            vectors.append(summed / ops.maximum(ops.sum(mask, axis=1), 1.0))
+        else:
+            vectors.append(table(x))
+    stacked = ops.stack(vectors, axis=1)  # [b, F, d]
+    n = len(vectors)
+    gram = ops.reshape(ops.matmul(stacked, ops.transpose(stacked, (0, 2, 1))), (-1, n * n))
+    upper_i, upper_j = np.triu_indices(n, k=1)
+    dots = ops.take(gram, (upper_i * n + upper_j).astype("int32"), axis=1)  # [b, n(n-1)/2]
+    top = ops.concatenate([bottom, dots], axis=1)
+    for units in top_units:
+        top = layers.Dense(units, activation="relu")(top)
+    logit = ops.reshape(layers.Dense(1)(top), (-1,))
+    return keras.Model(inputs=inputs, outputs=logit, name="dlrm")
+
+
+def _signature(specs: list[FeatureSpec]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {s.name: tf.TensorSpec((None, *s.shape), getattr(tf, s.dtype), name=s.name)
+            for s in specs}
+
+
+def model_specs(encoders: FeatureEncoders) -> list[FeatureSpec]:
+    """The model's inputs: user side then item side, ids first (see encoders.FeatureSpec)."""
+    return encoders.specs("user") + encoders.specs("item")
+
+
+def export_dlrm(model, encoders: FeatureEncoders, directory: Path, params: dict[str, Any]) -> None:
+    """Write `saved_model/` (signature `serving_default`: encoded inputs -> {"probability":
+    float32 [b]}), `encoders/` and `params.json` into `directory`; nothing is pickled."""
+    import tensorflow as tf
+
+    specs = model_specs(encoders)
+
+    class DlrmServing(tf.Module):
+        def __init__(self, keras_model):
+            super().__init__()
+            self.model = keras_model
+
+        @tf.function(input_signature=[_signature(specs)])
+        def serve(self, features):
+            return {OUTPUT: tf.sigmoid(self.model(features, training=False))}
+
+    module = DlrmServing(model)
+    tf.saved_model.save(module, str(directory / SAVED_MODEL_DIR),
+                        signatures={"serving_default": module.serve})
+    encoders.save(directory / ENCODERS_DIR)
+    inputs = [{"name": s.name, "kind": s.kind, "dtype": s.dtype, "shape": ["b", *s.shape],
+               "cardinality": s.cardinality} for s in specs]
+    doc = {"format": 1, "signature": "serving_default", "output": OUTPUT, "inputs": inputs,
+           **params}
+    (directory / PARAMS_FILE).write_text(json.dumps(doc, indent=1))
+
+
+class RankingScorer:
+    """Click probabilities for (user, candidate item) rows from raw feature values.
+
+    Applies the saved encoders (unknown ids and values map to index 0) and the SavedModel;
+    used by the scoring operator of the online pipeline. Load once, call per request.
+    """
+
+    def __init__(self, encoders: FeatureEncoders, serve, params: dict[str, Any]):
+        self.encoders = encoders
+        self._serve = serve
+        self.params = params
+
+    @classmethod
+    def load(cls, directory: Path) -> RankingScorer:
+        import tensorflow as tf
+
+        directory = Path(directory)
+        if not (directory / SAVED_MODEL_DIR).is_dir() or not (directory / PARAMS_FILE).is_file():
+            raise InputError(
+                f"expected a ranking model (saved_model/, params.json) in {directory}, found "
+                "none; run `mstage train-ranking` first"
+            )
+        loaded = tf.saved_model.load(str(directory / SAVED_MODEL_DIR))
+        params = json.loads((directory / PARAMS_FILE).read_text())
+        scorer = cls(FeatureEncoders.load(directory / ENCODERS_DIR), loaded.serve, params)
+        scorer._module = loaded  # the signature's variables live as long as the module
+        return scorer
+
+    def score(self, user_features: Mapping[str, Any],
+              item_features: Mapping[str, Any]) -> np.ndarray:
+        """float32 [n] click probabilities.
+
+        `user_features`: `user_id` (int64 ids) and every user feature, raw (category strings,
+        numbers, lists or "a|b" strings for multi-valued), each of length n or 1 (one user
+        scored against n candidates). `item_features`: `item_id` and every item feature,
+        length n.
+        """
+        return self.score_with_encoded_items(user_features, self.encode_items(item_features))
+
+    def encode_items(self, item_features: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Encoded item inputs for n raw item rows. Encoding strings costs ~10 us per item,
+        more than the model itself: encode the catalog once (at load) and pass row subsets
+        (`{k: v[rows]}`) to `score_with_encoded_items`."""
+        return self.encoders.encode_items(item_features)
+
+    def score_with_encoded_items(self, user_features: Mapping[str, Any],
+                                 encoded_items: Mapping[str, np.ndarray]) -> np.ndarray:
+        """float32 [n]: raw user features (1 or n rows) against n already-encoded items."""
+        users = self.encoders.encode_users(user_features)
+        n = len(encoded_items["item_id"])
+        if len(users["user_id"]) == 1 and n != 1:
+            users = {k: np.repeat(v, n, axis=0) for k, v in users.items()}
+        elif len(users["user_id"]) != n:
+            raise InputError(
+                f"expected user features for 1 or {n} rows (one per item), found "
+                f"{len(users['user_id'])}; pass one user, or one user row per candidate"
+            )
+        return self.score_encoded({**users, **encoded_items})
+
+    def score_encoded(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """float32 [n] from already-encoded inputs (the SavedModel's own signature)."""
+        import tensorflow as tf
+
+        n = len(features["item_id"])
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = [self._serve({k: tf.constant(v[i:i + PREDICT_BATCH]) for k, v in features.items()})
+               [OUTPUT].numpy() for i in range(0, n, PREDICT_BATCH)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# training ---------------------------------------------------------------------------------
+VALID_NEGATIVES_SEED = 1_000_003
+TEST_NEGATIVES_SEED = 2_000_003
+BASELINE_PRIOR_WEIGHT = 10.0
+OPTIMIZERS = ("adagrad", "adam", "sgd")
+
+
+@dataclass
+class Rows:
+    """Labelled (user, item) rows as positions in the encoded tables; all arrays [n]."""
+
+    user_rows: np.ndarray
+    item_rows: np.ndarray
+    labels: np.ndarray  # float32, 1 = click / positive
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> Rows:
+        return Rows(self.user_rows[index], self.item_rows[index], self.labels[index])
+
+    @staticmethod
+    def concat(*parts: Rows) -> Rows:
+        return Rows(*(np.concatenate([getattr(p, f) for p in parts])
+                      for f in ("user_rows", "item_rows", "labels")))
+
+
+def _lookup_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of `ids` in `sorted_ids`; ids not there map to len(sorted_ids), the
+    all-zero 'unknown' row appended to every encoded table."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.zeros(len(ids), dtype=np.int64)
+    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == ids, pos, len(sorted_ids)).astype(np.int64)
+
+
+def _with_unknown_row(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), dtype=v.dtype)])
+            for k, v in encoded.items()}
+
+
+class RankingProblem:
+    """Encoded user / item tables and the labelled rows of one (train, evaluation) fold pair.
+
+    Labelled data: rows are the impressions of each fold with their clicks. Implicit data
+    (every row a positive): train rows are the train positives plus `negatives` sampled
+    items per positive, drawn afresh every epoch; evaluation rows are the evaluation
+    positives on items of the train catalog plus negatives drawn once with a fixed seed,
+    excluding every positive of the user up to and including the evaluation fold.
+    """
+
+    def __init__(self, data, train_mask: np.ndarray, eval_mask: np.ndarray,
+                 known_mask: np.ndarray, negatives: int, eval_seed: int):
+        from mstage.models.negatives import NegativeSampler, PositiveSet
+
+        frame = data.interactions
+        self.labelled = bool(data.schema.has_label)
+        train = frame[train_mask]
+        self.encoders = FeatureEncoders.fit(data.users, data.items, data.schema,
+                                            interactions=train)
+        users = data.users.sort_values("user_id")
+        items = data.items.sort_values("item_id")
+        self.user_ids = users["user_id"].to_numpy(dtype=np.int64)
+        self.item_ids = items["item_id"].to_numpy(dtype=np.int64)
+        self.users = _with_unknown_row(self.encoders.encode_users(users))
+        self.items = _with_unknown_row(self.encoders.encode_items(items))
+        self.negatives = negatives
+
+        def rows_of(mask: np.ndarray) -> Rows:
+            part = frame[mask]
+            return Rows(_lookup_rows(self.user_ids, part["user_id"].to_numpy()),
+                        _lookup_rows(self.item_ids, part["item_id"].to_numpy()),
+                        part["label"].to_numpy().astype(np.float32))
+
+        self._train_positives = rows_of(train_mask)
+        evaluation = rows_of(eval_mask)
+        if self.labelled:
+            self.eval_rows = evaluation
+            return
+        n_rows = len(self.item_ids) + 1
+        counts = np.bincount(self._train_positives.item_rows, minlength=n_rows)
+        counts[-1] = 0  # the unknown row is never a candidate
+        self.catalog = np.flatnonzero(counts)
+        self.sampler = NegativeSampler(counts[self.catalog].astype(np.float64),
+                                       items=self.catalog)
+        self._train_known = PositiveSet.from_pairs(self._train_positives.user_rows,
+                                                   self._train_positives.item_rows, n_rows)
+        known = rows_of(known_mask)
+        eval_known = PositiveSet.from_pairs(known.user_rows, known.item_rows, n_rows)
+        in_catalog = counts[evaluation.item_rows] > 0
+        self.eval_rows = self._with_negatives(evaluation.take(in_catalog), eval_known,
+                                              np.random.default_rng(eval_seed))
+
+    def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
+        neg_users, neg_items = self.sampler.sample(positives.user_rows, self.negatives, known, rng)
+        return Rows.concat(positives, Rows(neg_users, neg_items,
+                                           np.zeros(len(neg_users), dtype=np.float32)))
+
+    def train_rows(self, rng: np.random.Generator) -> Rows:
+        """The rows of one epoch (fresh negatives on implicit data)."""
+        if self.labelled:
+            return self._train_positives
+        return self._with_negatives(self._train_positives, self._train_known, rng)
+
+    def features(self, rows: Rows, index: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """Encoded model inputs for rows[index]: user table and item table gathered."""
+        u, i = rows.user_rows[index], rows.item_rows[index]
+        return {**{k: v[u] for k, v in self.users.items()},
+                **{k: v[i] for k, v in self.items.items()}}
+
+
+class ItemRateBaseline:
+    """Per-item positive rate on the training rows, smoothed towards the global rate:
+    (positives + w * prior) / (rows + w). On labelled data this is the item's CTR; on
+    implicit data it orders items like their popularity."""
+
+    def __init__(self, rows: Rows, n_item_rows: int, prior_weight: float = BASELINE_PRIOR_WEIGHT):
+        shown = np.bincount(rows.item_rows, minlength=n_item_rows).astype(np.float64)
+        clicked = np.bincount(rows.item_rows, weights=rows.labels, minlength=n_item_rows)
+        self.prior = float(rows.labels.mean()) if len(rows) else 0.0
+        self.rate = (clicked + prior_weight * self.prior) / (shown + prior_weight)
+        self.popularity = clicked
+
+    def predict(self, rows: Rows) -> np.ndarray:
+        return self.rate[rows.item_rows]
+
+
+def _optimizer(name: str, learning_rate: float):
+    import keras
+
+    from mstage.errors import ConfigError
+
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"expected ranking.optimizer in {', '.join(OPTIMIZERS)}, found {name!r}")
+    return {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam,
+            "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate)
+
+
+class Trainer:
+    """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem."""
+
+    def __init__(self, problem: RankingProblem, config):
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(config.seed)
+        self.problem, self.config = problem, config
+        specs = model_specs(problem.encoders)
+        self.model = build_dlrm(specs, config.embedding_dim)
+        self.optimizer = _optimizer(config.optimizer, config.learning_rate)
+        signature = _signature(specs)
+        model, optimizer = self.model, self.optimizer
+
+        @tf.function(input_signature=[signature, tf.TensorSpec((None,), tf.float32)])
+        def train_step(features, labels):
+            with tf.GradientTape() as tape:
+                logits = model(features, training=True)
+                loss = tf.reduce_mean(
+                    tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        @tf.function(input_signature=[signature])
+        def predict_step(features):
+            return tf.sigmoid(model(features, training=False))
+
+        self._train_step, self._predict_step = train_step, predict_step
+
+    def epoch(self, rng: np.random.Generator) -> float:
+        """One pass over freshly shuffled train rows; returns the mean loss (may be NaN)."""
+        rows = self.problem.train_rows(rng)
+        order = rng.permutation(len(rows))
+        batch, total = self.config.batch_size, 0.0
+        for start in range(0, len(order), batch):
+            index = order[start:start + batch]
+            features = self.problem.features(rows, index)
+            loss = float(self._train_step(features, rows.labels[index]))
+            total += loss * len(index)
+            if not np.isfinite(loss):
+                return loss
+        return total / max(len(rows), 1)
+
+    def predict(self, rows: Rows) -> np.ndarray:
+        """float64 [n] click probabilities for rows."""
+        out = [self._predict_step(self.problem.features(rows, slice(i, i + PREDICT_BATCH)))
+               .numpy() for i in range(0, len(rows), PREDICT_BATCH)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def _check_finite(loss: float, epoch: int, learning_rate: float) -> None:
+    from mstage.errors import TrainingDiverged
+
+    if not np.isfinite(loss):
+        raise TrainingDiverged(
+            f"expected a finite training loss, found {loss} in epoch {epoch} with learning rate "
+            f"{learning_rate}; the previous ranking model is kept; run `mstage train-ranking` "
+            f"again with a lower --learning-rate (e.g. {learning_rate / 10:g})"
+        )
+
+
+def _check_labels(rows: Rows, what: str) -> None:
+    positives = int(rows.labels.sum())
+    if len(rows) == 0:
+        raise InputError(f"expected {what} rows to train the ranker, found none; "
+                         "run `mstage prepare-data` with more interactions")
+    if positives in (0, len(rows)):
+        value = 1 if positives else 0
+        raise InputError(
+            f"expected both clicks (1) and non-clicks (0) in the {what} labels, found all "
+            f"{len(rows)} rows labelled {value}; a click model cannot learn from one class: "
+            "fix the label column given to `mstage prepare-data`, or drop it to sample negatives"
+        )
+
+
+def _has_both_classes(rows: Rows) -> bool:
+    return 0 < rows.labels.sum() < len(rows)
+
+
+def train_ranking(data, config, out_dir: Path, reporter=None) -> dict[str, Any]:
+    """Train, evaluate and export a DLRM into `out_dir`; returns the metrics.
+
+    Protocol (docs/evaluation.md): train on FIT, pick the epoch count by validation AUC on
+    VALID (early stopping with `config.patience`), then refit a fresh model on FIT + VALID
+    for that many epochs and report test AUC / log loss beside the item-rate baseline.
+    """
+    from mstage.config import RankingConfig
+    from mstage.data.schema import FIT, SPLITS, TEST, VALID, fold_column
+    from mstage.errors import ConfigError
+    from mstage.models.metrics import auc, log_loss
+    from mstage.progress import SILENT
+
+    reporter = reporter or SILENT
+    config = config or RankingConfig()
+    if config.split not in SPLITS:
+        raise ConfigError(f"expected ranking.split in {', '.join(SPLITS)}, found {config.split!r}")
+    _optimizer(config.optimizer, config.learning_rate)  # fail on a bad name before any work
+    if fold_column(config.split) not in data.interactions.columns:
+        raise InputError(f"expected a {fold_column(config.split)} column in the prepared "
+                         "interactions, found none; run `mstage prepare-data` again")
+    folds = data.fold(config.split)
+    rng = np.random.default_rng(config.seed)
+    history: list[dict[str, float]] = []
+
+    best_epochs, best_auc = config.epochs, None
+    validation = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
+                                config.negatives, VALID_NEGATIVES_SEED)
+    _check_labels(validation.train_rows(np.random.default_rng(config.seed)), "FIT")
+    if _has_both_classes(validation.eval_rows):
+        trainer = Trainer(validation, config)
+        stale = 0
+        with reporter.task("train-ranking: fit, validate", total=config.epochs) as task:
+            for epoch in range(1, config.epochs + 1):
+                loss = trainer.epoch(rng)
+                _check_finite(loss, epoch, config.learning_rate)
+                val_auc = auc(validation.eval_rows.labels, trainer.predict(validation.eval_rows))
+                history.append({"epoch": epoch, "loss": loss, "valid_auc": val_auc})
+                task.advance(1, loss=loss, valid_auc=val_auc)
+                if best_auc is None or val_auc > best_auc:
+                    best_epochs, best_auc, stale = epoch, val_auc, 0
+                else:
+                    stale += 1
+                    if stale >= config.patience:
+                        break
+    else:
+        reporter.log("validation rows lack both classes; training for all --epochs "
+                     "without early stopping")
+
+    final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
+                           config.negatives, TEST_NEGATIVES_SEED)
+    first_rows = final.train_rows(np.random.default_rng(config.seed))
+    _check_labels(first_rows, "train")
+    test = final.eval_rows
+    if not _has_both_classes(test):
+        raise InputError(
+            f"expected test rows with both classes to measure AUC, found {len(test)} rows and "
+            f"{int(test.labels.sum())} positives; use more data or another ranking.split"
+        )
+    trainer = Trainer(final, config)
+    with reporter.task("train-ranking: refit on train", total=best_epochs) as task:
+        for epoch in range(1, best_epochs + 1):
+            loss = trainer.epoch(rng)
+            _check_finite(loss, epoch, config.learning_rate)
+            task.advance(1, loss=loss)
+    probs = trainer.predict(test)
+    baseline = ItemRateBaseline(first_rows, len(final.item_ids) + 1)
+    baseline_scores = baseline.predict(test) if final.labelled else \
+        baseline.popularity[test.item_rows]
+    metrics = {
+        "test_auc": auc(test.labels, probs),
+        "test_log_loss": log_loss(test.labels, probs),
+        "baseline": "item CTR (smoothed)" if final.labelled else "item popularity",
+        "baseline_auc": auc(test.labels, baseline_scores),
+        "baseline_log_loss": log_loss(test.labels, baseline.predict(test)),
+        "best_valid_auc": best_auc,
+        "epochs_trained": best_epochs,
+        "labels": "clicks" if final.labelled else f"{config.negatives} sampled negatives",
+        "train_rows": len(first_rows),
+        "test_rows": len(test),
+        "test_positives": int(test.labels.sum()),
+        "history": history,
+    }
+    params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
+              "top_units": list(TOP_UNITS), "epochs_trained": best_epochs,
+              "labelled": final.labelled, "split": config.split}
+    export_dlrm(trainer.model, final.encoders, Path(out_dir), params)
+    return metrics

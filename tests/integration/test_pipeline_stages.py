@@ -1,0 +1,126 @@
+"""The four stage operators on a real small workspace, each against an independent oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mstage.config import Config, FilteringConfig
+from mstage.pipeline.operator import load_operator, save_operator
+from mstage.pipeline.ordering import PAD, top_k
+from mstage.pipeline.recommender import Recommender
+from mstage.workspace import Workspace
+from pipeline_workspace import known_and_unknown_users, pipeline_workspace
+
+__all__ = ["pipeline_workspace"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def recommender(pipeline_workspace):
+    return Recommender.from_workspace(Workspace(pipeline_workspace), Config(), candidates=60)
+
+
+@pytest.fixture(scope="module")
+def users(pipeline_workspace):
+    known, unknown = known_and_unknown_users(pipeline_workspace)
+    return np.array(known[:20] + [unknown], dtype=np.int64)
+
+
+def stage(recommender, name):
+    return dict(recommender.stages)[name]
+
+
+def test_retrieval_is_exact_inner_product_top_n(recommender, users, pipeline_workspace):
+    from mstage.features.online import OnlineFeatures
+    from mstage.models.two_tower import load_query_tower
+
+    out = stage(recommender, "retrieval")({"user_id": users})
+    # oracle: the query tower's embedding dotted with every item embedding, by numpy
+    items = pd.read_parquet(pipeline_workspace / "retrieval" / "item_embeddings.parquet")
+    table = np.stack(items["embedding"].to_numpy()).astype(np.float32)
+    tower = load_query_tower(pipeline_workspace / "retrieval")
+    features = OnlineFeatures.open(pipeline_workspace / "features").users(users)
+    # users without a trained id (no train clicks) and users the store lacks are cold
+    cold = ~(features.pop("found") & (tower.encoders.user_ids.lookup(users) > 0))
+    features.pop("recent_items")
+    assert out["cold_start"].tolist() == cold.astype(int).tolist()
+    assert cold[-1] and (~cold).sum() >= 10
+    scores = tower(features) @ table.T
+    for row in np.flatnonzero(~cold):
+        best = np.argsort(-scores[row], kind="stable")[:60]
+        np.testing.assert_allclose(out["retrieval_scores"][row], scores[row][best], atol=1e-4)
+        assert set(out["candidate_ids"][row]) == set(items["item_id"].to_numpy()[best])
+    # cold users get the most popular items, best first
+    popular = stage(recommender, "retrieval").arrays["popular"][:60]
+    for row in np.flatnonzero(cold):
+        assert out["candidate_ids"][row].tolist() == popular.tolist()
+
+
+def test_filtering_drops_seen_and_out_of_stock(recommender, users, pipeline_workspace):
+    columns, _ = recommender.pipeline.run({"user_id": users})
+    items = pd.read_parquet(pipeline_workspace / "data" / "items.parquet")
+    out_of_stock = set(items.loc[items["in_stock"] == 0, "item_id"])
+    assert out_of_stock, "the generated catalog should have out-of-stock items"
+    for row in range(len(users)):
+        kept = set(columns["filtered_ids"][row][columns["filtered_ids"][row] != PAD].tolist())
+        seen = set(columns["recent_items"][row][columns["recent_items"][row] != PAD].tolist())
+        assert kept and not kept & seen and not kept & out_of_stock
+
+
+def test_scoring_equals_the_ranker_on_raw_features(recommender, users, pipeline_workspace):
+    from mstage.features.online import OnlineFeatures
+    from mstage.models.dlrm import RankingScorer
+
+    columns, _ = recommender.pipeline.run({"user_id": users[:3]})
+    store = OnlineFeatures.open(pipeline_workspace / "features")
+    scorer = RankingScorer.load(pipeline_workspace / "ranking")
+    for row in range(3):
+        ids = columns["filtered_ids"][row]
+        ids = ids[ids != PAD]
+        user = store.users(users[row : row + 1])
+        user.pop("found"), user.pop("recent_items")
+        item = store.items(ids)
+        item.pop("found")
+        expected = scorer.score(user, item)
+        np.testing.assert_allclose(columns["ranking_scores"][row][: len(ids)], expected,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_ordering_is_top_k_of_ranking_scores(recommender, users):
+    result = recommender.recommend(users, 7, explain=True)
+    columns, _ = recommender.pipeline.run({"user_id": users})
+    ids, scores = top_k(columns["filtered_ids"], columns["ranking_scores"], 7)
+    np.testing.assert_array_equal(result.item_ids, ids)
+    np.testing.assert_allclose(result.scores, scores)
+    cold_or_refilled = (columns["cold_start"] > 0) | (columns["refilled"] > 0)
+    assert result.fallback.tolist() == cold_or_refilled.tolist() and result.fallback[-1]
+    first = result.explain[0][0]
+    assert first["rank"] == 1 and first["ranking_score"] == pytest.approx(scores[0, 0])
+
+
+def test_saved_stages_load_anywhere_and_answer_alike(recommender, users, tmp_path):
+    columns, _ = recommender.pipeline.run({"user_id": users})
+    batch = dict(columns)
+    for name, op in recommender.stages:
+        save_operator(op, tmp_path / name)
+        copy = load_operator(tmp_path / name)
+        fresh = copy({s.name: batch[s.name] for s in copy.inputs if s.name in batch})
+        expected = op({s.name: batch[s.name] for s in op.inputs if s.name in batch})
+        for key, value in expected.items():
+            np.testing.assert_allclose(fresh[key], value, rtol=1e-6, err_msg=f"{name}.{key}")
+
+
+def test_category_rule_and_seen_override(pipeline_workspace, users):
+    items = pd.read_parquet(pipeline_workspace / "data" / "items.parquet")
+    banned = items["category"].value_counts().index[0]
+    config = Config(filtering=FilteringConfig(exclude_categories=[banned]))
+    rec = Recommender.from_workspace(Workspace(pipeline_workspace), config, candidates=60)
+    seen = [items["item_id"].to_numpy()[:5]] * len(users)
+    result = rec.recommend(users, 10, seen=seen)
+    category = items.set_index("item_id")["category"]
+    for row in result.item_ids:
+        real = row[row != PAD]
+        assert len(real) == 10
+        assert banned not in set(category[real]) and not set(real) & set(seen[0])
