@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pipeline_workspace import known_and_unknown_users, pipeline_workspace
 
 from mstage.config import Config, FilteringConfig
 from mstage.pipeline.operator import load_operator, save_operator
 from mstage.pipeline.ordering import PAD, top_k
 from mstage.pipeline.recommender import Recommender
 from mstage.workspace import Workspace
-from pipeline_workspace import known_and_unknown_users, pipeline_workspace
 
 __all__ = ["pipeline_workspace"]
 pytestmark = pytest.mark.slow
