@@ -214,6 +214,16 @@ class ServingConfig:
     host: str = "127.0.0.1"
     max_batch_size: int = 64
     batch_delay_us: int = 200
+    item_source: str = "online"
+
+    def __post_init__(self) -> None:
+        _positive("serving", top_k=self.top_k, candidates=self.candidates,
+                  instances=self.instances)
+        if self.item_source not in ("online", "offline"):
+            raise ConfigError("expected serving.item_source 'online' or 'offline', "
+                              f"found {self.item_source!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise ConfigError(f"expected serving.device 'cpu' or 'gpu', found {self.device!r}")
 
 
 @dataclass(frozen=True)

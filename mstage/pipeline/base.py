@@ -61,16 +61,18 @@ def popularity_order(item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def item_table(features_dir: str):
-    """Every item's features from the online store, read once per process and directory.
+def item_table(features_dir: str, source: str = "online"):
+    """Every item's features from the feature store, read once per process and directory.
 
     Filtering, scoring and ordering each hold item attributes in memory (design.md: a
     per-request read of 1000 items costs ~50 ms); in-process they share this one read.
+    `source` is `[serving] item_source`: `online` sees updates written to the online store
+    after the export; `offline` reads the same exported rows ~20x faster (large catalogs).
     Returns a DataFrame sorted by item_id.
     """
     from mstage.features.online import OnlineFeatures
 
-    items = OnlineFeatures.open(features_dir).all_items()
+    items = OnlineFeatures.open(features_dir).all_items(source)
     return items.sort_values("item_id", kind="stable").reset_index(drop=True)
 
 

@@ -97,7 +97,7 @@ class FilterCandidates(StageOperator):
     """
 
     def _open(self) -> None:
-        items = item_table(str(self.sources["features"]))
+        items = item_table(str(self.sources["features"]), self.params["item_source"])
         p = self.params
         self.catalog = items["item_id"].to_numpy(dtype=np.int64)
         self.excluded = excluded_items(

@@ -107,7 +107,7 @@ class OrderCandidates(StageOperator):
                         ColumnSpec("fallback", "int8")]
         self.categories = None
         if p["category_cap"] > 0:
-            items = item_table(str(self.sources["features"]))
+            items = item_table(str(self.sources["features"]), self.params["item_source"])
             if p["category_column"] in items:
                 import pandas as pd
 

@@ -61,7 +61,8 @@ class Recommender:
         self.stages = stages
         self.pipeline = Pipeline(stages, REQUEST)
         self.warnings = warnings or []
-        self._features_dir = str(dict(stages)["filtering"].sources["features"])
+        filtering = dict(stages)["filtering"]
+        self._items = (str(filtering.sources["features"]), filtering.params["item_source"])
 
     @classmethod
     def from_workspace(cls, ws: Workspace, config: Config, *, candidates: int | None = None,
@@ -74,6 +75,7 @@ class Recommender:
         if n < k:
             raise UsageError(f"expected --candidates >= --top-k, found {n} < {k}")
         popular = {"popular": _popular_items(ws)}
+        source = serving.item_source
         features = paths[Artifact.FEATURES]
         retrieval = RetrieveCandidates(
             {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
@@ -83,26 +85,27 @@ class Recommender:
         filtering = FilterCandidates(
             {"features": features},
             {**_asdict(config.filtering), "candidates": n, "min_candidates": k,
-             "sources": ["features"]},
+             "item_source": source, "sources": ["features"]},
             popular)
         width = filtering.width
         scoring = ScoreCandidates(
             {"ranking": paths[Artifact.RANKING], "features": features},
-            {"width": width, "sources": ["ranking", "features"]})
+            {"width": width, "item_source": source, "sources": ["ranking", "features"]})
         ordering = OrderCandidates(
             {"features": features},
-            {**_asdict(config.ordering), "top_k": k, "width": width, "sources": ["features"]})
+            {**_asdict(config.ordering), "top_k": k, "width": width, "item_source": source,
+             "sources": ["features"]})
         stages = [("retrieval", retrieval), ("filtering", filtering), ("scoring", scoring),
                   ("ordering", ordering)]
         return cls(stages, _stale_warnings(ws))
 
     @property
     def n_items(self) -> int:
-        return len(item_table(self._features_dir))
+        return len(item_table(*self._items))
 
     def item_attributes(self, item_ids: np.ndarray):
         """item_id + item features for display, in the order of `item_ids`."""
-        items = item_table(self._features_dir).set_index("item_id")
+        items = item_table(*self._items).set_index("item_id")
         return items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
 
     def recommend(self, user_ids: np.ndarray, top_k: int, *,

@@ -24,7 +24,7 @@ class ScoreCandidates(StageOperator):
         from mstage.models.dlrm import RankingScorer
 
         self.scorer = RankingScorer.load(self.sources["ranking"])
-        items = item_table(str(self.sources["features"]))
+        items = item_table(str(self.sources["features"]), self.params["item_source"])
         self.catalog = items["item_id"].to_numpy(dtype=np.int64)
         self.item_features = self.scorer.encoders.encode_items(items)
         width = int(self.params["width"])
