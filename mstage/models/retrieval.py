@@ -1,0 +1,205 @@
+"""`train_retrieval`: the two-tower protocol of docs/evaluation.md, end to end.
+
+Validation phase (train on FIT, score VALID) picks the epoch count by early stopping on
+recall@20; the model is then refit on all of train (FIT + VALID) for that many epochs and
+measured on TEST beside popularity. The refit model is what gets exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mstage.config import RetrievalConfig
+from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
+from mstage.errors import InputError
+from mstage.models.encoders import FeatureEncoders
+from mstage.models.two_tower import FitParams, TowerParams, TwoTower
+from mstage.progress import SILENT, Reporter
+
+EARLY_STOPPING_METRIC = "recall@20"
+TEST_KS = (10, 20, 100)
+
+
+@dataclass
+class RetrievalRun:
+    """What training measured: test metrics of the model and of popularity, the validation
+    curve, the epoch count chosen, timings and anything adjusted on the way (`notes`)."""
+
+    test: dict[str, float]
+    popularity: dict[str, float]
+    validation: list[dict[str, float]]
+    best_epoch: int
+    batch_size: int
+    train_seconds: float
+    examples_per_second: float
+    stats: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """Flat metrics for the manifest."""
+        keep = ("recall@10", "recall@20", "recall@100", "ndcg@10", "hitrate@10", "coverage@10")
+        out: dict[str, Any] = {k: round(self.test[k], 6) for k in keep if k in self.test}
+        out.update({f"popularity_{k}": round(self.popularity[k], 6) for k in keep
+                    if k in self.popularity})
+        out.update(best_epoch=self.best_epoch, evaluated_users=int(self.test.get("users", 0)),
+                   examples_per_second=round(self.examples_per_second, 1),
+                   train_seconds=round(self.train_seconds, 3))
+        if self.validation:
+            out[f"validation_{EARLY_STOPPING_METRIC}"] = round(
+                max(v[EARLY_STOPPING_METRIC] for v in self.validation), 6)
+        return out
+
+
+class _Phase:
+    """Encoders, encoded tables and training pairs for one phase's train rows."""
+
+    def __init__(self, data: PreparedData, train_rows: np.ndarray):
+        positives = data.positives().iloc[train_rows]
+        self.encoders = FeatureEncoders.fit(data.users, data.items, data.schema,
+                                            interactions=positives)
+        self.user_ids = data.users["user_id"].to_numpy(np.int64)
+        self.item_ids = data.items["item_id"].to_numpy(np.int64)
+        self.users = self.encoders.encode_users(data.users)
+        self.items = self.encoders.encode_items(data.items)
+        self.user_row = _RowIndex(self.user_ids, "user")
+        self.item_row = _RowIndex(self.item_ids, "item")
+        self.user_rows = self.user_row(positives["user_id"].to_numpy(np.int64))
+        self.item_rows = self.item_row(positives["item_id"].to_numpy(np.int64))
+
+    def model(self, params: TowerParams, seed: int) -> TwoTower:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        return TwoTower(self.encoders, params, self.users, self.items)
+
+    def score_fn(self, model: TwoTower, catalog: np.ndarray):
+        """user ids [b] -> inner products [b, n_catalog] with the catalog's item embeddings."""
+        catalog_emb = model.item_embeddings(self.item_row(catalog))
+
+        def score(user_ids: np.ndarray) -> np.ndarray:
+            return model.user_embeddings(self.user_row(user_ids)) @ catalog_emb.T
+
+        return score
+
+
+class _RowIndex:
+    """Row of each id in a users / items table, by binary search over the sorted ids."""
+
+    def __init__(self, table_ids: np.ndarray, side: str):
+        self.ids, self.side = np.asarray(table_ids, np.int64), side
+        self.order = np.argsort(self.ids, kind="stable")
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """[n] ids -> [n] int64 rows; InputError when an id has no row."""
+        ids = np.asarray(ids, np.int64)
+        if len(self.order) == 0:
+            bad, rows = np.ones(len(ids), bool), np.zeros(len(ids), np.int64)
+        else:
+            pos = np.clip(np.searchsorted(self.ids, ids, sorter=self.order), 0,
+                          len(self.order) - 1)
+            rows = self.order[pos]
+            bad = self.ids[rows] != ids
+        if np.any(bad):
+            raise InputError(
+                f"expected every interaction's {self.side}_id in {self.side}s.parquet, found "
+                f"{int(np.sum(bad))} missing (e.g. {int(ids[bad][0])}); "
+                "run `mstage prepare-data` again"
+            )
+        return rows.astype(np.int64)
+
+
+def _batch_size(requested: int, n_positives: int, notes: list[str],
+                reporter: Reporter) -> int:
+    if n_positives < 2:
+        raise InputError(
+            f"expected at least 2 positive training interactions for in-batch negatives, "
+            f"found {n_positives}; add data and run `mstage prepare-data` again"
+        )
+    if requested <= n_positives:
+        return requested
+    shrunk = 1 << (n_positives.bit_length() - 1)  # largest power of two that fits
+    note = (f"--batch-size {requested} exceeds the {n_positives} training positives; "
+            f"using {shrunk}")
+    notes.append(note)
+    reporter.log(f"warning: {note}")
+    return shrunk
+
+
+def tower_params(config: RetrievalConfig) -> TowerParams:
+    return TowerParams(embedding_dim=config.embedding_dim, feature_dim=config.feature_dim,
+                       hidden_units=tuple(config.hidden_units), temperature=config.temperature)
+
+
+def train_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | None = None,
+                    reporter: Reporter = SILENT, validation_only: bool = False) -> RetrievalRun:
+    """Run validation (early stopping), refit on all train, evaluate on test and, when
+    `out_dir` is given, export the refit model there (see TwoTower.export).
+    `validation_only` stops after the validation phase (for tuning)."""
+    from mstage.evaluation.baselines import popularity
+    from mstage.evaluation.protocol import build_eval_set, evaluate_scores
+
+    positives = data.positives()
+    folds = positives[fold_column(config.split)].to_numpy()
+    params = tower_params(config)
+    notes: list[str] = []
+    batch = _batch_size(config.batch_size, int(np.sum(folds != TEST)), notes, reporter)
+    fit = FitParams(batch_size=batch, learning_rate=config.learning_rate,
+                    optimizer=config.optimizer, seed=config.seed)
+
+    valid_set = build_eval_set(data.interactions, config.split, "validation")
+    history: list[dict[str, float]] = []
+    best_epoch = config.epochs
+    fit_rows = np.flatnonzero(folds == FIT)
+    if len(valid_set.users) and np.sum(folds == VALID) and len(fit_rows) >= 2:
+        phase = _Phase(data, fit_rows)
+        model = phase.model(params, config.seed)
+        fit_v = dataclasses.replace(fit, batch_size=min(batch, len(fit_rows)))
+
+        def after_epoch(epoch: int) -> dict[str, float]:
+            scores = phase.score_fn(model, valid_set.catalog)
+            result = evaluate_scores(valid_set, scores, ks=(20,))
+            history.append({"epoch": epoch, EARLY_STOPPING_METRIC: result[EARLY_STOPPING_METRIC]})
+            best = max(history, key=lambda h: h[EARLY_STOPPING_METRIC])
+            stop = epoch - best["epoch"] >= config.patience
+            return {"val_recall@20": result[EARLY_STOPPING_METRIC], "stop": stop}
+
+        model.fit(phase.user_rows, phase.item_rows, config.epochs, fit_v, reporter,
+                  after_epoch, description="validation")
+        best_epoch = int(max(history, key=lambda h: h[EARLY_STOPPING_METRIC])["epoch"])
+    else:
+        note = (f"no validation users on the {config.split} split; training the full "
+                f"{config.epochs} epochs without early stopping")
+        notes.append(note)
+        reporter.log(f"warning: {note}")
+
+    if validation_only:
+        return RetrievalRun({}, {}, history, best_epoch, batch, 0.0, 0.0, {}, notes)
+    phase = _Phase(data, np.flatnonzero(folds != TEST))
+    model = phase.model(params, config.seed)
+    started = time.perf_counter()
+    logs = model.fit(phase.user_rows, phase.item_rows, best_epoch, fit, reporter,
+                     description="refit")
+    seconds = time.perf_counter() - started
+    examples = sum(log.examples for log in logs)
+
+    test_set = build_eval_set(data.interactions, config.split, "test")
+    if len(test_set.users):
+        test = evaluate_scores(test_set, phase.score_fn(model, test_set.catalog), TEST_KS)
+        pop = evaluate_scores(test_set, popularity(test_set), TEST_KS)
+    else:
+        test, pop = {}, {}
+        notes.append(f"no evaluated test users on the {config.split} split; no test metrics")
+    if out_dir is not None:
+        model.export(out_dir, phase.item_ids, {
+            "best_epoch": best_epoch, "split": config.split, "optimizer": config.optimizer,
+            "learning_rate": config.learning_rate, "batch_size": batch, "seed": config.seed,
+            "early_stopping_metric": EARLY_STOPPING_METRIC,
+        })
+    return RetrievalRun(test, pop, history, best_epoch, batch, seconds,
+                        examples / seconds if seconds > 0 else 0.0, test_set.stats, notes)

@@ -1,0 +1,336 @@
+"""Two-tower retrieval model: towers, in-batch softmax with logQ correction, training, export.
+
+Both towers map encoded features (see `mstage.models.encoders`) to L2-normalised embeddings
+of size d, so retrieval is a maximum inner product search. TensorFlow is imported inside
+functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mstage.errors import ArtifactMissing, TrainingDiverged
+from mstage.models.encoders import FeatureEncoders, FeatureSpec
+from mstage.models.optimizers import SparseOptimizer
+from mstage.progress import SILENT, Reporter
+
+QUERY_TOWER = "query_tower"
+ITEM_TOWER = "item_tower"
+ENCODERS_DIR = "encoders"
+PARAMS_FILE = "params.json"
+ITEM_EMBEDDINGS = "item_embeddings.parquet"
+
+
+@dataclass(frozen=True)
+class TowerParams:
+    """Shape of both towers. Ids get `embedding_dim`-wide tables, other features narrower ones."""
+
+    embedding_dim: int = 64
+    feature_dim: int = 16
+    hidden_units: tuple[int, ...] = ()
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
+class FitParams:
+    batch_size: int = 256
+    learning_rate: float = 0.05
+    optimizer: str = "adagrad"
+    seed: int = 42
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    seconds: float
+    examples: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str):
+    """A Keras model: dict of encoded inputs ([b] or [b, L]) -> [b, embedding_dim], unit norm.
+
+    Ids and categoricals are embedded, multi-valued features are mean-pooled over non-zero
+    indices, numerics enter as they are; the concatenation goes through the MLP and a final
+    linear projection to `embedding_dim`.
+    """
+    import keras
+
+    inputs, parts = {}, []
+    for s in specs:
+        inputs[s.name] = keras.Input(shape=s.shape, dtype=s.dtype, name=s.name)
+        if s.kind == "numeric":
+            parts.append(keras.layers.Reshape((1,))(inputs[s.name]))
+            continue
+        width = params.embedding_dim if s.kind == "id" else min(params.feature_dim,
+                                                                params.embedding_dim)
+        table = keras.layers.Embedding(s.cardinality, width, name=f"{name}_{s.name}_embedding",
+                                       embeddings_initializer=keras.initializers.RandomNormal(
+                                           stddev=1.0 / math.sqrt(width)))
+        if s.kind == "multi":
+            parts.append(MaskedMean(name=f"{name}_{s.name}_mean")(
+                [table(inputs[s.name]), inputs[s.name]]))
+        else:
+            parts.append(table(inputs[s.name]))
+    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate()(parts)
+    for i, units in enumerate(params.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"{name}_hidden_{i}")(x)
+    x = keras.layers.Dense(params.embedding_dim, name=f"{name}_projection")(x)
+    x = L2Normalize(name=f"{name}_l2")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@functools.cache
+def _layers():
+    import keras
+
+    class _MaskedMean(keras.layers.Layer):
+        """[b, L, w] embeddings + [b, L] indices -> [b, w] mean over positions with index > 0."""
+
+        def call(self, inputs):
+            embedded, indices = inputs
+            mask = keras.ops.cast(keras.ops.greater(indices, 0), embedded.dtype)[..., None]
+            total = keras.ops.sum(embedded * mask, axis=1)
+            return total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
+
+    class _L2Normalize(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.normalize(x, axis=-1, order=2)
+
+    return _MaskedMean, _L2Normalize
+
+
+def MaskedMean(**kw):  # noqa: N802 - behaves like a layer class
+    return _layers()[0](**kw)
+
+
+def L2Normalize(**kw):  # noqa: N802
+    return _layers()[1](**kw)
+
+
+def in_batch_softmax_loss(query, candidates, item_ids, log_q, temperature: float):
+    """Mean sampled-softmax loss of each query against all candidates of its batch.
+
+    query, candidates: [B, d] unit vectors (row i is a positive pair); item_ids: [B] int64;
+    log_q: [B] log sampling probability of each candidate (its share of positives). Logits
+    are q·c / T - log q(c) (logQ correction: popular items appear more often as in-batch
+    negatives, so they are penalised less); candidates equal to the positive item in other
+    rows ("accidental hits") are masked out.
+    """
+    tf = _tf()
+    logits = tf.matmul(query, candidates, transpose_b=True) / temperature - log_q[None, :]
+    same = tf.equal(item_ids[:, None], item_ids[None, :])
+    accidental = tf.logical_and(same, tf.logical_not(tf.eye(tf.shape(item_ids)[0], dtype=tf.bool)))
+    logits = tf.where(accidental, tf.constant(-1e9, logits.dtype), logits)
+    labels = tf.range(tf.shape(query)[0])
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+
+class TwoTower:
+    """The two towers, their training state, and the encoded tables they read from.
+
+    `users` / `items` hold encoded feature tables (dicts of arrays, one row per user / item of
+    the prepared tables); training examples are (user row, item row) pairs.
+    """
+
+    def __init__(self, encoders: FeatureEncoders, params: TowerParams,
+                 users: dict[str, np.ndarray], items: dict[str, np.ndarray]):
+        self.encoders, self.params = encoders, params
+        self.users, self.items = users, items
+        self.query_tower = build_tower(encoders.specs("user"), params, QUERY_TOWER)
+        self.item_tower = build_tower(encoders.specs("item"), params, ITEM_TOWER)
+
+    # training ----------------------------------------------------------------------------
+    def fit(self, user_rows: np.ndarray, item_rows: np.ndarray, epochs: int, fit: FitParams,
+            reporter: Reporter = SILENT,
+            after_epoch: Callable[[int], dict[str, float] | None] | None = None,
+            description: str = "train") -> list[EpochLog]:
+        """Train on positive pairs ([N] row indices into `users` / `items`) for `epochs`.
+
+        `after_epoch(epoch)` may return metrics (shown in the progress bar) and a truthy
+        "stop" entry to end training early. Raises TrainingDiverged on a non-finite loss.
+        """
+        import time
+
+        tf = _tf()
+        n = len(user_rows)
+        counts = np.bincount(item_rows, minlength=len(next(iter(self.items.values()))))
+        log_q_table = tf.constant(np.log(np.maximum(counts, 1) / n).astype(np.float32))
+        user_table = {k: tf.constant(v) for k, v in self.users.items()}
+        item_table = {k: tf.constant(v) for k, v in self.items.items()}
+        variables = self.query_tower.trainable_variables + self.item_tower.trainable_variables
+        optimizer = SparseOptimizer(fit.optimizer, fit.learning_rate, variables)
+        temperature = float(self.params.temperature)
+        item_key = "item_id"
+
+        @tf.function(reduce_retracing=True)
+        def step(u_rows, i_rows):
+            u_in = {k: tf.gather(v, u_rows) for k, v in user_table.items()}
+            i_in = {k: tf.gather(v, i_rows) for k, v in item_table.items()}
+            with tf.GradientTape() as tape:
+                q = self.query_tower(u_in, training=True)
+                c = self.item_tower(i_in, training=True)
+                loss = in_batch_softmax_loss(q, c, i_in[item_key], tf.gather(log_q_table, i_rows),
+                                             temperature)
+            optimizer.apply(tape.gradient(loss, variables))
+            return loss
+
+        rng = np.random.default_rng(fit.seed)
+        batch = fit.batch_size
+        n_batches = max(1, n // batch)  # drop the ragged tail: in-batch negatives need full batches
+        logs = []
+        with reporter.task(description, total=epochs) as task:
+            for epoch in range(1, epochs + 1):
+                started = time.perf_counter()
+                order = rng.permutation(n)
+                total = 0.0
+                for b in range(n_batches):
+                    idx = order[b * batch:(b + 1) * batch]
+                    total += float(step(tf.constant(user_rows[idx]), tf.constant(item_rows[idx])))
+                loss = total / n_batches
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"expected a finite training loss, found {loss} at epoch {epoch}; "
+                        f"lower --learning-rate (now {fit.learning_rate}) or raise --temperature "
+                        f"(now {temperature}); the previous artifact is kept"
+                    )
+                seconds = time.perf_counter() - started
+                log = EpochLog(epoch, loss, seconds, min(n, n_batches * batch))
+                extra = after_epoch(epoch) if after_epoch else None
+                log.extra = dict(extra or {})
+                logs.append(log)
+                shown = {k: v for k, v in log.extra.items() if k != "stop"}
+                task.advance(1, loss=loss, **shown)
+                if log.extra.get("stop"):
+                    break
+        return logs
+
+    # inference ---------------------------------------------------------------------------
+    def user_embeddings(self, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """[n] user rows -> [n, d] float32 unit vectors."""
+        return self._embed(self.query_tower, self.users, rows, batch)
+
+    def item_embeddings(self, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
+        """[n] item rows -> [n, d] float32 unit vectors."""
+        return self._embed(self.item_tower, self.items, rows, batch)
+
+    def _embed(self, tower, table, rows, batch) -> np.ndarray:
+        out = [np.zeros((0, self.params.embedding_dim), np.float32)]
+        for start in range(0, len(rows), batch):
+            part = rows[start:start + batch]
+            out.append(np.asarray(tower({k: v[part] for k, v in table.items()}, training=False)))
+        emb = np.concatenate(out).astype(np.float32)
+        if not np.isfinite(emb).all():
+            raise TrainingDiverged(
+                "expected finite embeddings, found NaN or infinity; lower --learning-rate or "
+                "raise --temperature; the previous artifact is kept"
+            )
+        return emb
+
+    # export ------------------------------------------------------------------------------
+    def export(self, directory: Path, item_ids: np.ndarray, extra_params: dict[str, Any]) -> None:
+        """Write query_tower/, item_tower/ (SavedModels), encoders/, item_embeddings.parquet
+        (every item row of `items`, ids `item_ids`) and params.json into `directory`."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tf = _tf()
+        directory = Path(directory)
+        for tower, side, sub in ((self.query_tower, "user", QUERY_TOWER),
+                                 (self.item_tower, "item", ITEM_TOWER)):
+            module = _serving_module(tower, self.encoders.tensor_specs(side))
+            tf.saved_model.save(module, str(directory / sub),
+                                signatures={"serving_default": module.serving_default})
+        self.encoders.save(directory / ENCODERS_DIR)
+        emb = self.item_embeddings(np.arange(len(item_ids)))
+        flat = pa.array(emb.reshape(-1), type=pa.float32())
+        column = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]).cast(
+            pa.list_(pa.float32()))
+        table = pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64)),
+                          "embedding": column})
+        pq.write_table(table, directory / ITEM_EMBEDDINGS)
+        params = {
+            **asdict(self.params),
+            "similarity": "inner_product",
+            "normalized": True,
+            "query_inputs": [_spec_doc(s) for s in self.encoders.specs("user")],
+            "item_inputs": [_spec_doc(s) for s in self.encoders.specs("item")],
+            "signature": "serving_default",
+            "output": "embedding",
+            **extra_params,
+        }
+        (directory / PARAMS_FILE).write_text(json.dumps(params, indent=2))
+
+
+def _spec_doc(s: FeatureSpec) -> dict[str, Any]:
+    return {"name": s.name, "kind": s.kind, "dtype": s.dtype, "shape": [None, *s.shape],
+            "cardinality": s.cardinality}
+
+
+def _serving_module(tower, specs: dict[str, Any]):
+    """A tf.Module whose `serving_default` maps a dict of encoded tensors -> {'embedding'}.
+
+    Only the tower's variables are tracked once (Keras' `model.export` stores them twice).
+    """
+    tf = _tf()
+    module = tf.Module()
+    module.tower = tower
+    module.serving_default = tf.function(
+        lambda features: {"embedding": tower(features, training=False)},
+        input_signature=[specs],
+    )
+    return module
+
+
+class QueryTower:
+    """Serving-side query tower: raw user ids and feature values -> [b, d] unit embeddings.
+
+    Loads `encoders/` and the `query_tower/` SavedModel of a retrieval artifact; call it with
+    a dict of numpy arrays (`user_id` int64 [b] plus each user feature as stored in
+    users.parquet: strings for categoricals, floats for numerics, lists for multi-valued).
+    Unknown ids and values map to index 0, so a cold user still gets an embedding.
+    """
+
+    def __init__(self, directory: Path):
+        directory = Path(directory)
+        if not (directory / QUERY_TOWER).is_dir():
+            raise ArtifactMissing(
+                f"expected a query tower at {directory / QUERY_TOWER}, found nothing; "
+                "run `mstage train-retrieval` first"
+            )
+        self.encoders = FeatureEncoders.load(directory / ENCODERS_DIR)
+        self.params = json.loads((directory / PARAMS_FILE).read_text())
+        self._model = _tf().saved_model.load(str(directory / QUERY_TOWER))
+        self.input_names = [s.name for s in self.encoders.specs("user")]
+        self.embedding_dim = int(self.params["embedding_dim"])
+
+    def encode(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self.encoders.encode_users(features)
+
+    def embed_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        tf = _tf()
+        out = self._model.serving_default({k: tf.constant(v) for k, v in encoded.items()})
+        return out["embedding"].numpy()
+
+    def __call__(self, features: dict[str, Any]) -> np.ndarray:
+        return self.embed_encoded(self.encode(features))
+
+
+def load_query_tower(directory: Path) -> QueryTower:
+    """The query tower of a retrieval artifact directory, ready to embed raw user features."""
+    return QueryTower(directory)

@@ -1,0 +1,114 @@
+"""`mstage train-retrieval` end to end on a tiny clustered data set, and its error paths."""
+
+import json
+
+import pytest
+from retrieval_data import publish_prepared
+
+from mstage.workspace import Artifact, Workspace
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--epochs", "3", "--batch-size", "64", "--embedding-dim", "8",
+        "--learning-rate", "0.1", "--temperature", "0.1"]
+
+
+@pytest.fixture
+def prepared(isolated_workspace):
+    publish_prepared(isolated_workspace)
+    return isolated_workspace
+
+
+def test_trains_reports_and_publishes(cli, prepared):
+    result = cli("train-retrieval", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    two_tower, popularity = out["test"]["two_tower"], out["test"]["popularity"]
+    assert two_tower["recall@20"] >= 2 * popularity["recall@20"]
+    assert {"recall@10", "recall@100", "ndcg@10"} <= two_tower.keys()
+    ws = Workspace(prepared)
+    assert ws.state(Artifact.RETRIEVAL)[0] == "ready"
+    record = ws.record(Artifact.RETRIEVAL)
+    assert record["config"]["embedding_dim"] == 8 and record["config"]["epochs"] == 3
+    assert record["metrics"]["recall@20"] == pytest.approx(two_tower["recall@20"], abs=1e-6)
+    assert "popularity_recall@20" in record["metrics"]
+    names = {p.name for p in ws.path(Artifact.RETRIEVAL).iterdir()}
+    assert names == {"query_tower", "item_tower", "item_embeddings.parquet", "encoders",
+                     "params.json"}
+
+
+def test_renders_a_table_without_json(cli, prepared):
+    result = cli("train-retrieval", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "two-tower" in result.stdout and "popularity" in result.stdout
+    assert "recall@20" in result.stdout
+
+
+def test_reads_retrieval_section_of_mstage_toml(cli, prepared):
+    (prepared / "mstage.toml").write_text("[retrieval]\nembedding_dim = 4\nepochs = 1\n")
+    result = cli("train-retrieval", "--batch-size", "64", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert Workspace(prepared).record(Artifact.RETRIEVAL)["config"]["embedding_dim"] == 4
+
+
+def test_without_prepared_data_names_prepare_data(cli):
+    result = cli("train-retrieval", *FAST)
+    assert result.exit_code == 2
+    assert "run `mstage prepare-data` first" in result.stderr
+
+
+@pytest.mark.parametrize("option,value", [("--epochs", "0"), ("--batch-size", "-5"),
+                                          ("--learning-rate", "0"), ("--temperature", "-1"),
+                                          ("--embedding-dim", "0")])
+def test_non_positive_options_are_usage_errors(cli, prepared, option, value):
+    result = cli("train-retrieval", option, value)
+    assert result.exit_code == 2
+    assert f"expected {option} > 0, found {value}" in result.stderr
+
+
+def test_batch_larger_than_data_is_shrunk_and_said(cli, isolated_workspace):
+    publish_prepared(isolated_workspace, n_users=20, n_items=25, per_user=5)
+    result = cli("train-retrieval", "--epochs", "1", "--batch-size", "100000")
+    assert result.exit_code == 0, result.stderr
+    assert "--batch-size 100000 exceeds the 80 training positives; using 64" in result.stderr
+
+
+def test_nan_loss_fails_and_keeps_previous_artifact(cli, prepared):
+    assert cli("train-retrieval", *FAST).exit_code == 0
+    ws = Workspace(prepared)
+    before = ws.record(Artifact.RETRIEVAL)["fingerprint"]
+    result = cli("train-retrieval", "--epochs", "2", "--learning-rate", "1e30",
+                 "--batch-size", "64")
+    assert result.exit_code == 1
+    assert "expected a finite training loss" in result.stderr
+    assert "lower --learning-rate" in result.stderr and "raise --temperature" in result.stderr
+    assert ws.record(Artifact.RETRIEVAL)["fingerprint"] == before
+    assert (ws.path(Artifact.RETRIEVAL) / "query_tower").is_dir()
+
+
+def test_interrupt_mid_training_keeps_previous_artifact(cli, prepared, monkeypatch):
+    assert cli("train-retrieval", *FAST).exit_code == 0
+    ws = Workspace(prepared)
+    before = ws.record(Artifact.RETRIEVAL)["fingerprint"]
+    from mstage.models import two_tower
+
+    original = two_tower.TwoTower.fit
+
+    def interrupted(self, user_rows, item_rows, epochs, fit, *args, **kwargs):
+        original(self, user_rows, item_rows, 1, fit)  # one real epoch, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(two_tower.TwoTower, "fit", interrupted)
+    result = cli("train-retrieval", *FAST)
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr
+    assert ws.record(Artifact.RETRIEVAL)["fingerprint"] == before
+    assert (ws.path(Artifact.RETRIEVAL) / "item_embeddings.parquet").is_file()
+    assert not list((prepared / ".staging").iterdir())
+
+
+def test_bad_optimizer_in_mstage_toml_is_a_config_error(cli, prepared):
+    (prepared / "mstage.toml").write_text('[retrieval]\noptimizer = "rmsprop"\n')
+    result = cli("train-retrieval", *FAST)
+    assert result.exit_code == 2
+    assert "expected retrieval.optimizer in adagrad, sgd, adam, found 'rmsprop'" in result.stderr
