@@ -189,9 +189,7 @@ class OrderingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("topk", "softmax"):
-            raise ConfigError(
-                f"expected ordering.strategy 'topk' or 'softmax', found {self.strategy!r}")
+        _one_of("ordering", strategy=(self.strategy, ("topk", "softmax")))
         _positive("ordering", temperature=self.temperature)
         if self.category_cap < 0:
             raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
@@ -202,7 +200,9 @@ class ServingConfig:
     """Request defaults and Triton deployment settings (docs/serve.md).
 
     `max_batch_size` > 0 lets Triton batch concurrent requests (0 turns batching off);
-    `batch_delay_us` is how long a request may wait for others to join its batch.
+    `batch_delay_us` is how long a request may wait for others to join its batch. It is 0
+    by default: requests queued while a stage is busy are still batched, and each of the
+    four stages would otherwise add the delay to every request (benchmarks/RESULTS.md).
     """
 
     top_k: int = 10
@@ -213,17 +213,14 @@ class ServingConfig:
     grpc_port: int = 8001
     host: str = "127.0.0.1"
     max_batch_size: int = 64
-    batch_delay_us: int = 200
+    batch_delay_us: int = 0
     item_source: str = "online"
 
     def __post_init__(self) -> None:
         _positive("serving", top_k=self.top_k, candidates=self.candidates,
                   instances=self.instances)
-        if self.item_source not in ("online", "offline"):
-            raise ConfigError("expected serving.item_source 'online' or 'offline', "
-                              f"found {self.item_source!r}")
-        if self.device not in ("cpu", "gpu"):
-            raise ConfigError(f"expected serving.device 'cpu' or 'gpu', found {self.device!r}")
+        _one_of("serving", item_source=(self.item_source, ("online", "offline")),
+                device=(self.device, ("cpu", "gpu")))
 
 
 @dataclass(frozen=True)
