@@ -20,6 +20,7 @@ from mstage.workspace import Artifact, Workspace
 
 REPOSITORY_DIR = "model_repository"
 RESPONSE_OUTPUTS = ("item_ids", "scores", "fallback")
+MODEL_PREFIX = "mstage_"  # stage models share a server's namespace with other models
 
 
 @dataclass
@@ -45,6 +46,17 @@ class EnsembleBuild:
 def repository_path(ws: Workspace) -> Path:
     """Where the published repository lives: WORKSPACE/ensemble/model_repository."""
     return ws.path(Artifact.ENSEMBLE) / REPOSITORY_DIR
+
+
+def check_options(*, device: str | None = None, instances: int | None = None,
+                  top_k: int | None = None, candidates: int | None = None) -> None:
+    """Reject command-line values (None: not given) with messages naming the flag."""
+    if device is not None and device not in DEVICES:
+        raise ConfigError(f"expected --device cpu or gpu, found {device!r}")
+    for flag, value in (("--instances", instances), ("--top-k", top_k),
+                        ("--candidates", candidates)):
+        if value is not None and value < 1:
+            raise ConfigError(f"expected {flag} >= 1, found {value}")
 
 
 def check_serving(serving: ServingConfig) -> None:
@@ -91,8 +103,9 @@ def build_ensemble(ws: Workspace, config: Config) -> EnsembleBuild:
     warnings = list(dict.fromkeys(stale_inputs(ws) + list(recommender.warnings)))
     with ws.build(Artifact.ENSEMBLE) as b:
         repo = b.dir / REPOSITORY_DIR
+        stages = [(MODEL_PREFIX + name, op) for name, op in recommender.stages]
         plan = write_repository(
-            repo, recommender.stages, device=serving.device, instances=serving.instances,
+            repo, stages, device=serving.device, instances=serving.instances,
             max_batch_size=serving.max_batch_size, max_queue_delay_us=serving.batch_delay_us,
             response_outputs=RESPONSE_OUTPUTS)
         leaks = files_naming(repo, [ws.root.resolve(), b.dir.resolve()])

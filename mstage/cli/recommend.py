@@ -1,0 +1,303 @@
+"""`mstage recommend`: top-k items for users, in-process or from a running Triton server.
+
+One user (`--user-id`) or many (`--user-ids-file FILE`, `-` for stdin, one id per line),
+answered in batches and printed as each batch arrives: a table per user, or one JSON line
+per user with `--json`. Malformed lines are reported on stderr by line number and skipped;
+the command fails (exit 2) only when no line is valid. With `--server`, users already
+answered when the server stops are kept, the rest are listed on stderr (exit 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+from mstage.cli.app import command, session
+from mstage.errors import InputError, ServerError, UsageError
+
+IN_PROCESS_BATCH = 256
+INT64_MAX = 2**63 - 1
+_ID = re.compile(r"\+?\d+")
+
+
+def parse_user_id(text: str) -> int | None:
+    """A non-negative int64 user id from `text`, or None when it is not one."""
+    text = text.strip()
+    if not _ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= INT64_MAX else None
+
+
+@dataclass
+class UserIds:
+    """The ids to answer, and the input lines that were not ids (line number, text)."""
+
+    ids: list[int]
+    malformed: list[tuple[int, str]]
+
+
+def read_user_ids(source: str) -> UserIds:
+    """One id per line from a file or `-` (stdin); blank lines and `#` comments are skipped."""
+    from pathlib import Path
+
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"expected a file of user ids (one per line) at {path}, found "
+                             "nothing; pass an existing file or - for stdin")
+        lines = path.read_text(errors="replace").splitlines()
+    ids, malformed = [], []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        value = parse_user_id(text)
+        if value is None:
+            malformed.append((number, text))
+        else:
+            ids.append(value)
+    return UserIds(ids, malformed)
+
+
+def _score(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def answers_from_arrays(users, item_ids, scores, fallback, explain=None) -> list[dict[str, Any]]:
+    """Per user: the JSON-ready answer, with the -1 padding of the id matrix dropped."""
+    out = []
+    for row, user in enumerate(users):
+        keep = item_ids[row] != -1
+        answer = {
+            "user_id": int(user),
+            "item_ids": [int(i) for i in item_ids[row][keep]],
+            "scores": [_score(v) for v in scores[row][keep]],
+            "fallback": bool(fallback[row]),
+        }
+        if explain is not None:
+            answer["explain"] = explain[row]
+        out.append(answer)
+    return out
+
+
+def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+class InProcess:
+    """Answers from the workspace's Recommender, loaded once."""
+
+    def __init__(self, ws, config, top_k: int, candidates: int, explain: bool):
+        from mstage.pipeline.recommender import Recommender
+
+        self.recommender = Recommender.from_workspace(ws, config, candidates=candidates,
+                                                      top_k=top_k)
+        n_items = self.recommender.n_items
+        if top_k > n_items:
+            raise UsageError(f"expected --top-k <= the catalog size {n_items}, found {top_k}")
+        self.top_k, self.explain = top_k, explain
+        self.batch_size = IN_PROCESS_BATCH
+        self.warnings = list(self.recommender.warnings)
+
+    def __call__(self, users: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        import numpy as np
+
+        result = self.recommender.recommend(np.asarray(users, dtype=np.int64), self.top_k,
+                                            explain=self.explain)
+        stages = [{"name": t.name, "seconds": round(t.seconds, 6), "items_in": int(t.items_in),
+                   "items_out": int(t.items_out)} for t in result.timings]
+        return answers_from_arrays(users, result.item_ids, result.scores, result.fallback,
+                                   result.explain), stages
+
+    def attributes(self, item_ids: list[int]):
+        return self.recommender.item_attributes(item_ids)
+
+
+class FromServer:
+    """Answers from a Triton server running the mstage ensemble, one request per chunk."""
+
+    def __init__(self, url: str, protocol: str, top_k: int, ws):
+        from mstage.serving.client import RecommenderClient
+
+        self.client = RecommenderClient(url, protocol)
+        self.top_k, self.ws = top_k, ws
+        try:  # the first call contacts the server
+            self.batch_size = self.client.max_batch_size or IN_PROCESS_BATCH
+            self.sends_top_k = "top_k" in self.client.input_names
+        except BaseException:
+            self.client.close()
+            raise
+        self.warnings: list[str] = []
+        self._items = None
+
+    def __call__(self, users: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        import numpy as np
+
+        request = {"user_id": np.asarray(users, dtype=np.int64)}
+        if self.sends_top_k:
+            request["top_k"] = np.full(len(users), self.top_k, dtype=np.int64)
+        out = self.client.infer(request)
+        missing = [n for n in ("item_ids", "scores", "fallback") if n not in out]
+        if missing:
+            raise ServerError(f"expected outputs item_ids, scores and fallback from model "
+                              f"{self.client.model!r} at {self.client.address}, found "
+                              f"{sorted(out)}; rebuild it with `mstage build-ensemble`")
+        items = np.atleast_2d(out["item_ids"])[:, :self.top_k]
+        scores = np.atleast_2d(out["scores"])[:, :self.top_k]
+        return answers_from_arrays(users, items, scores, out["fallback"].reshape(-1)), []
+
+    def attributes(self, item_ids: list[int]):
+        """Attributes from this workspace's feature store when it has one (else none)."""
+        from mstage.workspace import Artifact
+
+        if self._items is None:
+            if not self.ws.exists(Artifact.FEATURES):
+                return None
+            from mstage.pipeline.base import item_table
+
+            self._items = item_table(str(self.ws.path(Artifact.FEATURES))).set_index("item_id")
+        return self._items.reindex(item_ids).reset_index()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server,
+                   protocol) -> None:
+    if (user_id is None) == (user_ids_file is None):
+        found = "both" if user_id is not None else "neither"
+        raise UsageError(f"expected exactly one of --user-id or --user-ids-file, found {found}")
+    if protocol not in ("grpc", "http"):
+        raise UsageError(f"expected --protocol grpc or http, found {protocol!r}")
+    if server is None and protocol != "grpc":
+        raise UsageError("expected --protocol only with --server HOST:PORT, found it alone")
+    if server is not None:
+        for flag, value in (("--explain", explain or None), ("--candidates", candidates),
+                            ("--seed", seed)):
+            if value is not None:
+                raise UsageError(
+                    f"expected {flag} only in-process, found it with --server; the served "
+                    "ensemble fixes candidates and ordering when it is built "
+                    "(`mstage build-ensemble`), and cannot explain its stages")
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"expected --top-k >= 1, found {top_k}")
+    if candidates is not None and candidates < 1:
+        raise UsageError(f"expected --candidates >= 1, found {candidates}")
+
+
+@command("recommend")
+def recommend(
+    user_id: str = typer.Option(None, "--user-id", metavar="ID",
+                                help="The user to recommend for (a non-negative integer id)."),
+    user_ids_file: str = typer.Option(
+        None, "--user-ids-file", metavar="FILE",
+        help="A file of user ids, one per line (- reads stdin); answered in batches."),
+    top_k: int = typer.Option(None, "--top-k", metavar="K",
+                              help="Items per user. (default: serving.top_k, 10)"),
+    candidates: int = typer.Option(
+        None, "--candidates", metavar="N",
+        help="Candidates retrieved before filtering and scoring (>= top-k; in-process only). "
+             "(default: serving.candidates, 200)"),
+    explain: bool = typer.Option(False, "--explain", help="Show each stage's item counts and "
+                                 "time, and each item's retrieval and ranking score."),
+    seed: int = typer.Option(None, "--seed", help="Seed of softmax-sampling ordering "
+                             "(in-process only). (default: ordering.seed)"),
+    server: str = typer.Option(None, "--server", metavar="HOST:PORT",
+                               help="Ask this Triton server instead of running in-process."),
+    protocol: str = typer.Option("grpc", "--protocol", help="grpc or http (with --server)."),
+) -> None:
+    """Recommend items for users: a table per user, or one JSON line per user with --json."""
+    import dataclasses
+
+    from mstage.config import override
+
+    _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server, protocol)
+    s = session()
+    serving = override(s.config.serving, top_k=top_k, candidates=candidates)
+    if serving.candidates < serving.top_k:
+        raise UsageError(f"expected --candidates >= --top-k, found {serving.candidates} < "
+                         f"{serving.top_k}; raise --candidates or lower --top-k")
+    if user_id is not None:
+        value = parse_user_id(user_id)
+        if value is None:
+            raise UsageError(f"expected --user-id to be a non-negative integer, found "
+                             f"{user_id!r}")
+        users = UserIds([value], [])
+    else:
+        users = read_user_ids(user_ids_file)
+        where = "stdin" if user_ids_file == "-" else user_ids_file
+        for number, text in users.malformed:
+            s.warn(f"{where} line {number}: expected a non-negative integer user id, found "
+                   f"{text!r}; skipped")
+        if not users.ids:
+            raise InputError(f"expected at least one user id in {where}, found none "
+                             f"({len(users.malformed)} malformed line(s))")
+
+    if server is None:
+        config = dataclasses.replace(
+            s.config, serving=serving, ordering=override(s.config.ordering, seed=seed))
+        answerer: Any = InProcess(s.workspace, config, serving.top_k, serving.candidates,
+                                  explain)
+    else:
+        answerer = FromServer(server, protocol, serving.top_k, s.workspace)
+    try:
+        for warning in answerer.warnings:
+            s.warn(warning)
+        _answer_all(answerer, users.ids, _printer(s, answerer, explain), server)
+    finally:
+        if server is not None:
+            answerer.close()
+
+
+def _answer_all(answerer, ids: list[int], emit: Callable, server: str | None) -> None:
+    """Ask in chunks, printing each as it arrives; a server failure after some answers
+    names the users left unanswered."""
+    answered = 0
+    try:
+        for chunk in _chunks(ids, answerer.batch_size):
+            answers, stages = answerer(chunk)
+            emit(answers, stages)
+            answered += len(chunk)
+    except ServerError as e:
+        if answered == 0:
+            raise
+        rest = ids[answered:]
+        raise ServerError(
+            f"expected answers for all {len(ids)} users, found {len(rest)} unanswered when "
+            f"{server} stopped answering (user ids: {', '.join(map(str, rest))}); {e}"
+        ) from None
+
+
+def _printer(s, answerer, explain: bool) -> Callable:
+    def emit(answers: list[dict[str, Any]], stages: list[dict[str, Any]]) -> None:
+        if s.json:
+            for answer in answers:
+                line = answer | ({"stages": stages, "batch_users": len(answers)}
+                                 if explain else {})
+                sys.stdout.write(_json(line) + "\n")
+            sys.stdout.flush()
+            return
+        from mstage.cli.render import recommendations_table, stages_table
+
+        if explain and stages:
+            s.out.print(stages_table(stages, len(answers)))
+        for answer in answers:
+            s.out.print(recommendations_table(answer, answerer.attributes(answer["item_ids"])))
+
+    return emit
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(", ", ": "))
