@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -72,7 +71,8 @@ class Session:
 
     @functools.cached_property
     def out(self) -> Console:
-        return Console(soft_wrap=True)
+        # Piped output (scripts, logs) gets room for wide tables instead of rich's 80 columns.
+        return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
     @functools.cached_property
     def err(self) -> Console:
@@ -153,9 +153,6 @@ def main(
 ) -> None:
     global _current
     _current = ctx.obj = Session(workspace, json=json_output, quiet=quiet, verbose=verbose)
-    if not verbose:
-        # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is not ours to show.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

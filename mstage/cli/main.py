@@ -6,17 +6,17 @@ from mstage.cli.app import app
 
 COMMAND_MODULES = [
     "status",
-    "build_index",
     "generate",
+    "prepare",
     "train_retrieval",
     "train_ranking",
     "export_features",
-    "prepare",
+    "build_index",
+    "recommend",
+    "build_ensemble",
     "serve",
     "evaluate",
     "bench",
-    "recommend",
-    "build_ensemble",
 ]
 
 for _name in COMMAND_MODULES:

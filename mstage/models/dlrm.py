@@ -28,6 +28,7 @@ import numpy as np
 
 from mstage.errors import InputError
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
+from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 SAVED_MODEL_DIR = "saved_model"
 ENCODERS_DIR = "encoders"
@@ -42,7 +43,7 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
                bottom_units: tuple[int, ...] = BOTTOM_UNITS,
                top_units: tuple[int, ...] = TOP_UNITS):
     """A Keras functional model: dict of encoded inputs (see module docstring) -> logits [b]."""
-    import keras
+    keras = import_keras()
     from keras import layers, ops
 
     inputs = {s.name: keras.Input(shape=s.shape, dtype=s.dtype, name=s.name) for s in specs}
@@ -79,7 +80,7 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
 
 
 def _signature(specs: list[FeatureSpec]) -> dict[str, Any]:
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     return {s.name: tf.TensorSpec((None, *s.shape), getattr(tf, s.dtype), name=s.name)
             for s in specs}
@@ -93,7 +94,7 @@ def model_specs(encoders: FeatureEncoders) -> list[FeatureSpec]:
 def export_dlrm(model, encoders: FeatureEncoders, directory: Path, params: dict[str, Any]) -> None:
     """Write `saved_model/` (signature `serving_default`: encoded inputs -> {"probability":
     float32 [b]}), `encoders/` and `params.json` into `directory`; nothing is pickled."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     specs = model_specs(encoders)
 
@@ -131,7 +132,7 @@ class RankingScorer:
 
     @classmethod
     def load(cls, directory: Path) -> RankingScorer:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         directory = Path(directory)
         if not (directory / SAVED_MODEL_DIR).is_dir() or not (directory / PARAMS_FILE).is_file():
@@ -178,7 +179,7 @@ class RankingScorer:
 
     def score_encoded(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """float32 [n] from already-encoded inputs (the SavedModel's own signature)."""
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         n = len(features["item_id"])
         if n == 0:
@@ -317,7 +318,7 @@ class ItemRateBaseline:
 
 
 def _optimizer(name: str, learning_rate: float):
-    import keras
+    keras = import_keras()
 
     from mstage.errors import ConfigError
 
@@ -331,8 +332,8 @@ class Trainer:
     """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem."""
 
     def __init__(self, problem: RankingProblem, config):
-        import keras
-        import tensorflow as tf
+        keras = import_keras()
+        tf = import_tensorflow()
 
         keras.utils.set_random_seed(config.seed)
         self.problem, self.config = problem, config

@@ -29,6 +29,7 @@ import numpy as np
 
 from mstage.data.schema import Feature, Schema
 from mstage.errors import InputError
+from mstage.models.tensorflow_runtime import import_tensorflow
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -261,7 +262,7 @@ class FeatureEncoders:
 
     def tensor_specs(self, side: str) -> dict[str, Any]:
         """`tf.TensorSpec`s with a leading batch dimension, for export signatures."""
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         return {s.name: tf.TensorSpec((None, *s.shape), getattr(tf, s.dtype), name=s.name)
                 for s in self.specs(side)}

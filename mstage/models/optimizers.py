@@ -10,6 +10,7 @@ embedding table (duplicate rows summed first), the dense kernel elsewhere.
 from __future__ import annotations
 
 from mstage.errors import ConfigError
+from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 OPTIMIZERS = ("adagrad", "sgd", "adam")
 
@@ -22,7 +23,7 @@ class SparseOptimizer:
     """
 
     def __init__(self, name: str, learning_rate: float, variables: list):
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         if name not in OPTIMIZERS:
             raise ConfigError(
@@ -37,13 +38,13 @@ class SparseOptimizer:
                                  for v in self.variables]
         self._keras = None
         if name == "adam":
-            import keras
+            keras = import_keras()
 
             self._keras = keras.optimizers.Adam(learning_rate=learning_rate)
             self._keras.build(self.variables)
 
     def apply(self, grads: list) -> None:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         if self._keras is not None:
             self._keras.apply_gradients(zip(grads, self.variables, strict=True))

@@ -19,6 +19,7 @@ from mstage.config import RetrievalConfig
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.encoders import FeatureEncoders
+from mstage.models.tensorflow_runtime import import_keras
 from mstage.models.two_tower import FitParams, TowerParams, TwoTower
 from mstage.progress import SILENT, Reporter
 
@@ -73,7 +74,7 @@ class _Phase:
         self.item_rows = self.item_row(positives["item_id"].to_numpy(np.int64))
 
     def model(self, params: TowerParams, seed: int) -> TwoTower:
-        import keras
+        keras = import_keras()
 
         keras.utils.set_random_seed(seed)
         return TwoTower(self.encoders, params, self.users, self.items)

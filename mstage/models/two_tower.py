@@ -20,6 +20,7 @@ import numpy as np
 from mstage.errors import ArtifactMissing, TrainingDiverged
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
 from mstage.models.optimizers import SparseOptimizer
+from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 from mstage.progress import SILENT, Reporter
 
 QUERY_TOWER = "query_tower"
@@ -57,9 +58,7 @@ class EpochLog:
 
 
 def _tf():
-    import tensorflow as tf
-
-    return tf
+    return import_tensorflow()
 
 
 def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str):
@@ -69,7 +68,7 @@ def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str):
     indices, numerics enter as they are; the concatenation goes through the MLP and a final
     linear projection to `embedding_dim`.
     """
-    import keras
+    keras = import_keras()
 
     inputs, parts = {}, []
     for s in specs:
@@ -97,7 +96,7 @@ def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str):
 
 @functools.cache
 def _layers():
-    import keras
+    keras = import_keras()
 
     class _MaskedMean(keras.layers.Layer):
         """[b, L, w] embeddings + [b, L] indices -> [b, w] mean over positions with index > 0."""
