@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from mstage.config import Config
-from mstage.data.schema import PreparedData
 from mstage.errors import UsageError
 from mstage.pipeline.base import item_table, popularity_order
 from mstage.pipeline.filtering import FilterCandidates
@@ -38,10 +37,9 @@ class Recommendations:
     explain: list[list[dict[str, Any]]] | None = None
 
 
-def _popular_items(ws: Workspace) -> np.ndarray:
-    positives = PreparedData(ws.require(Artifact.DATA)).positives()
-    counts = positives["item_id"].value_counts()
-    return popularity_order(counts.index.to_numpy(np.int64), counts.to_numpy())
+def _popular_items(items) -> np.ndarray:
+    """Item ids by the feature store's `popularity` (positive interactions), best first."""
+    return popularity_order(items["item_id"].to_numpy(np.int64), items["popularity"].to_numpy())
 
 
 def _stale_warnings(ws: Workspace) -> list[str]:
@@ -74,8 +72,8 @@ class Recommender:
         k = top_k or serving.top_k
         if n < k:
             raise UsageError(f"expected --candidates >= --top-k, found {n} < {k}")
-        popular = {"popular": _popular_items(ws)}
         source = serving.item_source
+        popular = {"popular": _popular_items(item_table(str(paths[Artifact.FEATURES]), source))}
         features = paths[Artifact.FEATURES]
         retrieval = RetrieveCandidates(
             {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
