@@ -323,7 +323,9 @@ class QueryTower:
 
     def embed_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         tf = _tf()
-        out = self._model.serving_default({k: tf.constant(v) for k, v in encoded.items()})
+        # The concrete signature dispatches faster than the restored tf.function.
+        out = self._model.signatures["serving_default"](
+            **{k: tf.constant(v) for k, v in encoded.items()})
         return out["embedding"].numpy()
 
     def __call__(self, features: dict[str, Any]) -> np.ndarray:
