@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mstage.pipeline.base import StageOperator, item_table, recent_width
+from mstage.pipeline.base import Catalog, StageOperator, item_table, recent_width
 from mstage.pipeline.operator import ColumnSpec
 from mstage.pipeline.ordering import PAD
 
@@ -33,14 +33,14 @@ def excluded_items(
 
 
 def allowed_mask(
-    ids: np.ndarray, catalog_ids: np.ndarray, excluded: np.ndarray, seen: np.ndarray | None
+    ids: np.ndarray, catalog: Catalog, excluded: np.ndarray, seen: np.ndarray | None
 ) -> np.ndarray:
     """Boolean [b, n]: candidate is real, in the catalog, not excluded and not seen.
 
-    `catalog_ids` is sorted; `seen` [b, r] holds each user's seen ids (-1 padded) or None.
+    `excluded` [n_items] is indexed by catalog position; `seen` [b, r] holds each user's
+    seen ids (-1 padded) or None.
     """
-    pos = np.clip(np.searchsorted(catalog_ids, ids), 0, len(catalog_ids) - 1)
-    known = catalog_ids[pos] == ids
+    pos, known = catalog.positions(ids)
     ok = (ids != PAD) & known & ~excluded[pos]
     if seen is not None and seen.size:
         ok &= ~(ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
@@ -99,7 +99,7 @@ class FilterCandidates(StageOperator):
     def _open(self) -> None:
         items = item_table(str(self.sources["features"]), self.params["item_source"])
         p = self.params
-        self.catalog = items["item_id"].to_numpy(dtype=np.int64)
+        self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
         self.excluded = excluded_items(
             items[p["stock_column"]].to_numpy() if p["stock_column"] in items else None,
             items[p["category_column"]].to_numpy() if p["category_column"] in items else None,

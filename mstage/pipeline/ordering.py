@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mstage.errors import InputError
-from mstage.pipeline.base import StageOperator, item_table
+from mstage.pipeline.base import Catalog, StageOperator, item_table
 from mstage.pipeline.operator import ColumnSpec
 
 PAD = -1
@@ -112,7 +112,7 @@ class OrderCandidates(StageOperator):
                 import pandas as pd
 
                 codes, _ = pd.factorize(items[p["category_column"]])
-                self.catalog = items["item_id"].to_numpy(dtype=np.int64)
+                self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
                 self.categories = codes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -131,7 +131,7 @@ class OrderCandidates(StageOperator):
             ], strict=True)
             out_ids, out_scores = np.concatenate(out_ids), np.concatenate(out_scores)
         elif self.categories is not None:
-            pos = np.clip(np.searchsorted(self.catalog, ids), 0, len(self.catalog) - 1)
+            pos, _ = self.catalog.positions(ids)
             out_ids, out_scores = category_capped(ids, scores, k, self.categories[pos],
                                                   p["category_cap"])
         else:

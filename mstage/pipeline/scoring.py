@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mstage.pipeline.base import StageOperator, item_table
+from mstage.pipeline.base import Catalog, StageOperator, item_table
 from mstage.pipeline.operator import ColumnSpec
 from mstage.pipeline.ordering import PAD
 from mstage.pipeline.retrieval import USER_PREFIX
@@ -25,7 +25,7 @@ class ScoreCandidates(StageOperator):
 
         self.scorer = RankingScorer.load(self.sources["ranking"])
         items = item_table(str(self.sources["features"]), self.params["item_source"])
-        self.catalog = items["item_id"].to_numpy(dtype=np.int64)
+        self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
         self.item_features = self.scorer.encoders.encode_items(items)
         width = int(self.params["width"])
         self.user_specs = self.scorer.encoders.specs("user")
@@ -35,8 +35,8 @@ class ScoreCandidates(StageOperator):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = batch["filtered_ids"]
-        pos = np.clip(np.searchsorted(self.catalog, ids), 0, len(self.catalog) - 1)
-        real = (ids != PAD) & (self.catalog[pos] == ids)
+        pos, known = self.catalog.positions(ids)
+        real = (ids != PAD) & known
         rows, cols = np.nonzero(real)
         features = {name: values[pos[rows, cols]] for name, values in self.item_features.items()}
         for spec in self.user_specs:
