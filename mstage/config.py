@@ -180,19 +180,27 @@ class FilteringConfig:
 @dataclass(frozen=True)
 class OrderingConfig:
     """How the final list is ordered: `topk` or `softmax` sampling (weights exp(score / T),
-    seeded per user), optionally at most `category_cap` items per `category_column`."""
+    seeded per user), optionally at most `category_cap` items per `category_column`.
+
+    The score ordered by is the ranker's click logit plus `retrieval_weight` times the
+    retrieval score; 10 was best on the sample data (docs/pipeline.md), 0 is the ranker alone.
+    """
 
     strategy: str = "topk"
     temperature: float = 1.0
     category_cap: int = 0
     category_column: str = "category"
     seed: int = 0
+    retrieval_weight: float = 10.0
 
     def __post_init__(self) -> None:
         _one_of("ordering", strategy=(self.strategy, ("topk", "softmax")))
         _positive("ordering", temperature=self.temperature)
         if self.category_cap < 0:
             raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
+        if self.retrieval_weight < 0:
+            raise ConfigError(
+                f"expected ordering.retrieval_weight >= 0, found {self.retrieval_weight}")
 
 
 @dataclass(frozen=True)

@@ -236,10 +236,13 @@ def _with_unknown_row(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class RankingProblem:
     """Encoded user / item tables and the labelled rows of one (train, evaluation) fold pair.
 
-    Labelled data: rows are the impressions of each fold with their clicks. Implicit data
-    (every row a positive): train rows are the train positives plus `negatives` sampled
-    items per positive, drawn afresh every epoch; evaluation rows are the evaluation
-    positives on items of the train catalog plus negatives drawn once with a fixed seed,
+    Train rows are the train fold's rows (impressions with their clicks, or positives on
+    implicit data) plus `negatives` catalog items sampled per positive, drawn afresh every
+    epoch. On labelled data those sampled negatives matter as much as on implicit data:
+    impressions show the ranker only items an earlier system chose to show, while online it
+    must also score the unshown items retrieval brings. Evaluation rows: the evaluation
+    fold's impressions on labelled data (comparable with the item-CTR baseline); on implicit
+    data its positives on train-catalog items plus negatives drawn once with a fixed seed,
     excluding every positive of the user up to and including the evaluation fold.
     """
 
@@ -266,35 +269,40 @@ class RankingProblem:
                         _lookup_rows(self.item_ids, part["item_id"].to_numpy()),
                         part["label"].to_numpy().astype(np.float32))
 
-        self._train_positives = rows_of(train_mask)
+        self._train_rows = rows_of(train_mask)
+        self._train_positives = self._train_rows.take(self._train_rows.labels == 1)
         evaluation = rows_of(eval_mask)
-        if self.labelled:
-            self.eval_rows = evaluation
-            return
         n_rows = len(self.item_ids) + 1
         counts = np.bincount(self._train_positives.item_rows, minlength=n_rows)
         counts[-1] = 0  # the unknown row is never a candidate
-        self.catalog = np.flatnonzero(counts)
+        # Labelled data: every item may be a sampled negative (never-clicked items are the
+        # unshown candidates retrieval brings); implicit data: the train catalog.
+        self.catalog = np.arange(n_rows - 1) if self.labelled else np.flatnonzero(counts)
         self.sampler = NegativeSampler(counts[self.catalog].astype(np.float64),
                                        items=self.catalog)
         self._train_known = PositiveSet.from_pairs(self._train_positives.user_rows,
                                                    self._train_positives.item_rows, n_rows)
+        if self.labelled:
+            self.eval_rows = evaluation
+            return
         known = rows_of(known_mask)
         eval_known = PositiveSet.from_pairs(known.user_rows, known.item_rows, n_rows)
         in_catalog = counts[evaluation.item_rows] > 0
         self.eval_rows = self._with_negatives(evaluation.take(in_catalog), eval_known,
                                               np.random.default_rng(eval_seed))
 
-    def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
+    def _negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
+        """`negatives` sampled catalog items per positive row, never a known positive."""
         neg_users, neg_items = self.sampler.sample(positives.user_rows, self.negatives, known, rng)
-        return Rows.concat(positives, Rows(neg_users, neg_items,
-                                           np.zeros(len(neg_users), dtype=np.float32)))
+        return Rows(neg_users, neg_items, np.zeros(len(neg_users), dtype=np.float32))
+
+    def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
+        return Rows.concat(positives, self._negatives(positives, known, rng))
 
     def train_rows(self, rng: np.random.Generator) -> Rows:
-        """The rows of one epoch (fresh negatives on implicit data)."""
-        if self.labelled:
-            return self._train_positives
-        return self._with_negatives(self._train_positives, self._train_known, rng)
+        """The rows of one epoch: the train fold plus freshly sampled catalog negatives."""
+        return Rows.concat(self._train_rows,
+                           self._negatives(self._train_positives, self._train_known, rng))
 
     def features(self, rows: Rows, index: np.ndarray | slice) -> dict[str, np.ndarray]:
         """Encoded model inputs for rows[index]: user table and item table gathered."""

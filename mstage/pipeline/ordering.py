@@ -83,9 +83,26 @@ def _take(ids, scores, order, k):
     return out_ids, out_scores
 
 
-class OrderCandidates(StageOperator):
-    """Final top-k by ranking score: `topk`, `softmax` sampling, optionally capped per category.
+def blended_score(click_probability: np.ndarray, retrieval_score: np.ndarray,
+                  retrieval_weight: float) -> np.ndarray:
+    """logit(p) + w * retrieval score, [b, n] float32 (-inf stays -inf at padding).
 
+    A product of the two models' odds: the ranker, trained mostly on what users were shown,
+    is unsure about unshown items that retrieval brings, and the retrieval score (cosine of
+    the towers, ~1/temperature per unit of logit) carries what it knows about them.
+    """
+    p = np.clip(click_probability, 1e-7, 1 - 1e-7)
+    logit = np.log(p) - np.log1p(-p)
+    padded = ~np.isfinite(click_probability)
+    key = logit + retrieval_weight * np.where(np.isfinite(retrieval_score), retrieval_score, 0)
+    return np.where(padded, -np.inf, key).astype(np.float32)
+
+
+class OrderCandidates(StageOperator):
+    """Final top-k: `topk`, `softmax` sampling, optionally capped per category.
+
+    Candidates are ordered by `blended_score`: the ranker's click logit plus
+    `retrieval_weight` times the retrieval score (0 orders by the ranker alone).
     sources: `features` (item categories, for the cap). params: the [ordering] config,
     `top_k` (default when a request has none) and `width`. Softmax draws are seeded per
     (seed, user id), so a user's sample does not depend on who shares the batch.
@@ -97,6 +114,7 @@ class OrderCandidates(StageOperator):
         self.inputs = [
             ColumnSpec("user_id", "int64"),
             ColumnSpec("filtered_ids", "int64", (-1, width)),
+            ColumnSpec("filtered_scores", "float32", (-1, width)),
             ColumnSpec("ranking_scores", "float32", (-1, width)),
             ColumnSpec("cold_start", "int8"),
             ColumnSpec("refilled", "int8"),
@@ -116,7 +134,9 @@ class OrderCandidates(StageOperator):
                 self.categories = codes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids, scores = batch["filtered_ids"], batch["ranking_scores"]
+        ids = batch["filtered_ids"]
+        scores = blended_score(batch["ranking_scores"], batch["filtered_scores"],
+                               self.params["retrieval_weight"])
         requested = batch.get("top_k")
         k = int(requested.max()) if requested is not None and requested.size else \
             int(self.params["top_k"])

@@ -9,7 +9,7 @@ from pipeline_workspace import known_and_unknown_users, pipeline_workspace
 
 from mstage.config import Config, FilteringConfig
 from mstage.pipeline.operator import load_operator, save_operator
-from mstage.pipeline.ordering import PAD, top_k
+from mstage.pipeline.ordering import PAD, blended_score, top_k
 from mstage.pipeline.recommender import Recommender
 from mstage.workspace import Workspace
 
@@ -91,13 +91,17 @@ def test_scoring_equals_the_ranker_on_raw_features(recommender, users, pipeline_
 def test_ordering_is_top_k_of_ranking_scores(recommender, users):
     result = recommender.recommend(users, 7, explain=True)
     columns, _ = recommender.pipeline.run({"user_id": users})
-    ids, scores = top_k(columns["filtered_ids"], columns["ranking_scores"], 7)
+    blended = blended_score(columns["ranking_scores"], columns["filtered_scores"], 10.0)
+    ids, scores = top_k(columns["filtered_ids"], blended, 7)
     np.testing.assert_array_equal(result.item_ids, ids)
     np.testing.assert_allclose(result.scores, scores)
     cold_or_refilled = (columns["cold_start"] > 0) | (columns["refilled"] > 0)
     assert result.fallback.tolist() == cold_or_refilled.tolist() and result.fallback[-1]
     first = result.explain[0][0]
-    assert first["rank"] == 1 and first["ranking_score"] == pytest.approx(scores[0, 0])
+    # blended = logit(p) + 10 * retrieval score, from the explained components
+    p, r = first["ranking_score"], first["retrieval_score"]
+    assert first["rank"] == 1
+    assert np.log(p / (1 - p)) + 10 * r == pytest.approx(scores[0, 0], rel=1e-4)
 
 
 def test_saved_stages_load_anywhere_and_answer_alike(recommender, users, tmp_path):

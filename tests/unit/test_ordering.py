@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mstage.pipeline.ordering import PAD, category_capped, softmax_sample, top_k
+from mstage.pipeline.ordering import PAD, blended_score, category_capped, softmax_sample, top_k
 
 IDS = np.array([[10, 11, 12, 13, PAD], [20, 21, PAD, PAD, PAD]], dtype=np.int64)
 SCORES = np.array([[0.1, 0.9, 0.5, 0.9, 0.0], [0.3, 0.7, 0.0, 0.0, 0.0]], dtype=np.float32)
@@ -64,3 +64,13 @@ def test_category_cap():
     # cap 2: 1, 2 (cat 0 full), skip 3, then 4
     out, _ = category_capped(ids, scores, 3, cats, 2)
     assert out.tolist() == [[1, 2, 4]]
+
+
+def test_blended_score_is_click_logit_plus_weighted_retrieval_score():
+    p = np.array([[0.5, 0.8, -np.inf]], dtype=np.float32)
+    r = np.array([[0.2, 0.1, -np.inf]], dtype=np.float32)
+    # logit(0.5) = 0 -> 0 + 10 * 0.2 = 2.0; logit(0.8) = ln 4 = 1.386 -> 1.386 + 1.0 = 2.386
+    out = blended_score(p, r, 10.0)
+    np.testing.assert_allclose(out[0, :2], [2.0, np.log(4) + 1.0], rtol=1e-5)
+    assert out[0, 2] == -np.inf
+    np.testing.assert_allclose(blended_score(p, r, 0.0)[0, :2], [0.0, np.log(4)], atol=1e-6)
