@@ -28,6 +28,9 @@ step "mstage recommend (in-process)"
 mstage recommend --user-id 1 --top-k 5 --explain
 printf '2\n3\n4\n' | mstage recommend --user-ids-file - --top-k 5 --json
 
+step "mstage evaluate (popularity vs retrieval vs the whole pipeline)"
+mstage evaluate --users 300 --plot "$MSTAGE_WORKSPACE/reports/quality.png"
+
 step "mstage build-ensemble"
 mstage build-ensemble
 
@@ -37,6 +40,9 @@ trap 'mstage stop >/dev/null 2>&1 || true' EXIT
 
 step "mstage recommend --server (Triton)"
 mstage recommend --user-id 1 --top-k 5 --server 127.0.0.1:8001
+
+step "mstage bench --server (Triton, gRPC)"
+mstage bench --server 127.0.0.1:8001 --requests 200 --concurrency 1,4
 
 step "mstage stop"
 mstage stop
