@@ -299,6 +299,11 @@ class RankingProblem:
     def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
         return Rows.concat(positives, self._negatives(positives, known, rng))
 
+    def given_rows(self, rng: np.random.Generator) -> Rows:
+        """Rows whose labels must hold both classes: the clicks as given on labelled data
+        (sampled negatives would hide all-1 labels), positives plus negatives otherwise."""
+        return self._train_rows if self.labelled else self.train_rows(rng)
+
     def train_rows(self, rng: np.random.Generator) -> Rows:
         """The rows of one epoch: the train fold plus freshly sampled catalog negatives."""
         return Rows.concat(self._train_rows,
@@ -447,7 +452,7 @@ def train_ranking(data, config, out_dir: Path, reporter=None) -> dict[str, Any]:
     best_epochs, best_auc = config.epochs, None
     validation = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
                                 config.negatives, VALID_NEGATIVES_SEED)
-    _check_labels(validation.train_rows(np.random.default_rng(config.seed)), "FIT")
+    _check_labels(validation.given_rows(np.random.default_rng(config.seed)), "FIT")
     if _has_both_classes(validation.eval_rows):
         trainer = Trainer(validation, config)
         stale = 0
@@ -470,7 +475,7 @@ def train_ranking(data, config, out_dir: Path, reporter=None) -> dict[str, Any]:
 
     final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
                            config.negatives, TEST_NEGATIVES_SEED)
-    first_rows = final.train_rows(np.random.default_rng(config.seed))
+    first_rows = final.given_rows(np.random.default_rng(config.seed))
     _check_labels(first_rows, "train")
     test = final.eval_rows
     if not _has_both_classes(test):

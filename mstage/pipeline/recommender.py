@@ -134,7 +134,8 @@ def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def _explain(columns: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
-    """For each final item: its retrieval score, ranking score and rank."""
+    """For each final item: its rank, the score it was ordered by, and that score's parts
+    (retrieval score, ranking score = click probability)."""
     out = []
     for r, row in enumerate(columns["item_ids"]):
         position = {int(i): j for j, i in enumerate(columns["filtered_ids"][r]) if i != PAD}
@@ -144,6 +145,7 @@ def _explain(columns: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
                 break
             j = position[int(item)]
             entries.append({"item_id": int(item), "rank": rank,
+                            "score": float(columns["scores"][r, rank - 1]),
                             "retrieval_score": float(columns["filtered_scores"][r, j]),
                             "ranking_score": float(columns["ranking_scores"][r, j])})
         out.append(entries)

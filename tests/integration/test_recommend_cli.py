@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from pipeline_workspace import (
     ITEMS,
@@ -92,7 +93,11 @@ def test_single_user_explain_json_is_consistent(pipeline_workspace):  # noqa: F8
     explain = answer["explain"]
     assert [e["item_id"] for e in explain] == answer["item_ids"]
     assert [e["rank"] for e in explain] == [1, 2, 3, 4]
-    assert [e["ranking_score"] for e in explain] == pytest.approx(answer["scores"], abs=1e-6)
+    assert [e["score"] for e in explain] == pytest.approx(answer["scores"], abs=1e-6)
+    # the ordering score: logit(click probability) + retrieval_weight (10) * retrieval score
+    blended = [np.log(e["ranking_score"] / (1 - e["ranking_score"])) + 10 * e["retrieval_score"]
+               for e in explain]
+    assert blended == pytest.approx(answer["scores"], rel=1e-4)
 
 
 def test_top_k_above_the_catalog_is_a_usage_error(pipeline_workspace):  # noqa: F811
