@@ -16,15 +16,16 @@ from mstage.pipeline.ordering import PAD
 
 
 def excluded_items(
+    n_items: int,
     in_stock: np.ndarray | None,
     categories: np.ndarray | None,
     *,
     exclude_out_of_stock: bool,
     exclude_categories: list[str],
 ) -> np.ndarray:
-    """Boolean [n_items]: items that business rules never allow, from catalog attributes."""
-    n = len(in_stock) if in_stock is not None else len(categories)
-    excluded = np.zeros(n, dtype=bool)
+    """Boolean [n_items]: items that business rules never allow, from catalog attributes
+    (None where the catalog lacks the attribute: that rule then excludes nothing)."""
+    excluded = np.zeros(n_items, dtype=bool)
     if exclude_out_of_stock and in_stock is not None:
         excluded |= np.asarray(in_stock, dtype=float) == 0
     if exclude_categories and categories is not None:
@@ -101,6 +102,7 @@ class FilterCandidates(StageOperator):
         p = self.params
         self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
         self.excluded = excluded_items(
+            len(items),
             items[p["stock_column"]].to_numpy() if p["stock_column"] in items else None,
             items[p["category_column"]].to_numpy() if p["category_column"] in items else None,
             exclude_out_of_stock=p["exclude_out_of_stock"],

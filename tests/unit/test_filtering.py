@@ -12,13 +12,16 @@ CATALOG = np.array([10, 11, 12, 13, 14], dtype=np.int64)
 
 
 def test_excluded_items_by_stock_and_category():
-    excluded = excluded_items(np.array([1, 0, 1, 1, 0]), np.array(["a", "b", "c", "a", "b"]),
+    excluded = excluded_items(5, np.array([1, 0, 1, 1, 0]), np.array(["a", "b", "c", "a", "b"]),
                               exclude_out_of_stock=True, exclude_categories=["c"])
     # 11 and 14 out of stock, 12 in category c
     assert excluded.tolist() == [False, True, True, False, True]
-    none = excluded_items(np.array([1, 0]), None, exclude_out_of_stock=False,
+    none = excluded_items(2, np.array([1, 0]), None, exclude_out_of_stock=False,
                           exclude_categories=[])
     assert none.tolist() == [False, False]
+    # a catalog without stock or category columns (MovieLens): the rules exclude nothing
+    bare = excluded_items(3, None, None, exclude_out_of_stock=True, exclude_categories=["x"])
+    assert bare.tolist() == [False, False, False]
 
 
 def test_allowed_and_packed():
