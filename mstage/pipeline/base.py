@@ -29,7 +29,7 @@ class StageOperator:
     def __init__(self, sources: dict[str, Path], params: dict[str, Any],
                  arrays: dict[str, np.ndarray] | None = None):
         self.sources = {name: Path(path) for name, path in sources.items()}
-        self.params = params
+        self.params = {**params, "sources": sorted(self.sources)}  # what `load` copies back
         self.arrays = arrays or {}
         self._open()
 

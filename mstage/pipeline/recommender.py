@@ -78,21 +78,20 @@ class Recommender:
         retrieval = RetrieveCandidates(
             {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
              "features": features, "ranking": paths[Artifact.RANKING]},
-            {"candidates": n, "sources": ["retrieval", "index", "features", "ranking"]},
+            {"candidates": n},
             popular)
         filtering = FilterCandidates(
             {"features": features},
             {**_asdict(config.filtering), "candidates": n, "min_candidates": k,
-             "item_source": source, "sources": ["features"]},
+             "item_source": source},
             popular)
         width = filtering.width
         scoring = ScoreCandidates(
             {"ranking": paths[Artifact.RANKING], "features": features},
-            {"width": width, "item_source": source, "sources": ["ranking", "features"]})
+            {"width": width, "item_source": source})
         ordering = OrderCandidates(
             {"features": features},
-            {**_asdict(config.ordering), "top_k": k, "width": width, "item_source": source,
-             "sources": ["features"]})
+            {**_asdict(config.ordering), "top_k": k, "width": width, "item_source": source})
         stages = [("retrieval", retrieval), ("filtering", filtering), ("scoring", scoring),
                   ("ordering", ordering)]
         return cls(stages, _stale_warnings(ws))
