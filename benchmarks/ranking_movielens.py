@@ -101,7 +101,7 @@ def main() -> None:
 
     from mstage.config import RankingConfig, override
     from mstage.data.schema import PreparedData
-    from mstage.models.dlrm import train_ranking
+    from mstage.models.ranking import train_ranking
     from mstage.workspace import Artifact, Workspace
 
     workspace = Workspace(WORK / "ws")

@@ -35,7 +35,7 @@ def train_ranking(
     export a SavedModel."""
     from mstage.config import as_dict, override
     from mstage.data.schema import PreparedData
-    from mstage.models.dlrm import train_ranking as run_training
+    from mstage.models.ranking import train_ranking as run_training
     from mstage.workspace import Artifact
 
     _check_positive(epochs=epochs, batch_size=batch_size, embedding_dim=embedding_dim,

@@ -117,13 +117,13 @@ def test_nan_loss_stops_and_keeps_the_previous_model(copied_ws, cli):
 
 
 def test_interruption_keeps_the_previous_model(copied_ws, cli, monkeypatch):
-    from mstage.models import dlrm
+    from mstage.models import ranking
 
     def interrupted(self, rng):
         raise KeyboardInterrupt
 
     before = _artifact_state(copied_ws)
-    monkeypatch.setattr(dlrm.Trainer, "epoch", interrupted)
+    monkeypatch.setattr(ranking.Trainer, "epoch", interrupted)
     result = cli("-w", copied_ws, "train-ranking", "--epochs", 2)
     assert result.exit_code == 130
     assert "interrupted; earlier artifacts are intact" in result.stderr

@@ -15,14 +15,9 @@ from mstage.config import RankingConfig
 from mstage.data.schema import Feature, PreparedData, Schema
 from mstage.data.split import assign_folds
 from mstage.errors import ConfigError, InputError, TrainingDiverged
-from mstage.models.dlrm import (
-    ItemRateBaseline,
-    RankingScorer,
-    Rows,
-    build_dlrm,
-    train_ranking,
-)
+from mstage.models.dlrm import RankingScorer, build_dlrm
 from mstage.models.encoders import FeatureSpec
+from mstage.models.ranking import ItemRateBaseline, Rows, train_ranking
 
 FAST = RankingConfig(epochs=6, batch_size=256, embedding_dim=8, seed=1)
 
