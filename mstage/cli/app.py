@@ -201,6 +201,11 @@ def parse_int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def next_step(workspace) -> str:
+    """The workspace's next command to run, or the first online one when all is built."""
+    return workspace.next_command() or "mstage recommend --user-id ID"
+
+
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]):
     """A rich table with the given columns; numbers formatted to 4 decimals."""
     from rich.table import Table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mstage.cli.app import command, session, table
+from mstage.cli.app import command, next_step, session, table
 from mstage.errors import UsageError
 
 
@@ -60,6 +60,6 @@ def train_ranking(
             [(f"DLRM ({metrics['epochs_trained']} epochs)", metrics["test_auc"],
               metrics["test_log_loss"]),
              (metrics["baseline"], metrics["baseline_auc"], metrics["baseline_log_loss"])]))
-        console.print(f"exported to {result['artifact']}; next: mstage build-ensemble")
+        console.print(f"exported to {result['artifact']}; next: {next_step(s.workspace)}")
 
     s.emit(result, render)

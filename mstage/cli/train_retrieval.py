@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mstage.cli.app import command, session, table
+from mstage.cli.app import command, next_step, session, table
 from mstage.errors import UsageError
 
 
@@ -70,6 +70,6 @@ def train_retrieval(
         console.print(table(
             f"test metrics, {config.split} split, {int(run.test.get('users', 0))} users "
             f"(best epoch {run.best_epoch})", ["model", *names], rows))
-        console.print(f"exported to {result['artifact']}; next: mstage build-index")
+        console.print(f"exported to {result['artifact']}; next: {next_step(s.workspace)}")
 
     s.emit(result, render)
