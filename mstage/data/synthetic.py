@@ -6,10 +6,11 @@ and price carry signal. A user's factor leans towards one favourite category (an
 a second) drawn from a distribution set by age group, gender and region, plus an age-driven
 price taste and noise, so user features carry signal too. Item popularity follows a power law.
 
-Impressions come from a "previous recommender": some are popularity draws over the catalog,
-the rest pick a category by the user's affinity, draw a few candidates in it by popularity and
-show the one the user likes best (with noise). A shown item is clicked with probability
-sigmoid(CLICK_SCALE * u.v + item_bias + offset), the offset calibrated to the target CTR.
+Impressions come from a "previous recommender" that shows only in-stock items: some are
+popularity draws over the catalog, the rest pick a category by the user's affinity, draw a few
+candidates in it by popularity and show the one the user likes best (with noise). A shown
+item is clicked with probability sigmoid(CLICK_SCALE * u.v + item_bias + offset), the offset
+calibrated to the target CTR.
 Nothing depends on time, so a user-temporal split is predictable. Everything is vectorised
 and streamed to parquet in chunks of whole users.
 """
@@ -193,18 +194,22 @@ class _Sampler:
 
     def __init__(self, world: World):
         self.world = world
-        self.cum_all = np.cumsum(world.item_popularity)
+        # It never showed out-of-stock items (unless nothing is in stock, in tiny worlds).
+        in_stock = world.item_popularity * world.item_in_stock
+        shown = in_stock if in_stock.sum() > 0 else world.item_popularity
+        self.cum_all = np.cumsum(shown)
         self.cum_all /= self.cum_all[-1]
         order = np.argsort(world.item_category, kind="stable")
         self.by_category = order  # item indices grouped by category
-        weight = world.item_popularity[order] ** CANDIDATE_POP_POWER
+        weight = shown[order] ** CANDIDATE_POP_POWER
         self.cum = np.cumsum(weight) / weight.sum()
         n_cat = len(world.category_centroids)
         bounds = np.searchsorted(world.item_category[order], np.arange(n_cat + 1))
         self.cat_lo = np.concatenate([[0.0], self.cum])[bounds[:-1]]
         self.cat_hi = self.cum[bounds[1:] - 1]
-        mass = np.bincount(world.item_category, world.item_popularity, minlength=n_cat)
-        self.log_cat_mass = np.log(mass).astype(np.float32)
+        mass = np.bincount(world.item_category, shown, minlength=n_cat)
+        with np.errstate(divide="ignore"):  # a category with nothing in stock is never chosen
+            self.log_cat_mass = np.log(mass).astype(np.float32)
 
     def _draw(self, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Items drawn ∝ popularity**CANDIDATE_POP_POWER within [lo, hi) of the category cdf."""
