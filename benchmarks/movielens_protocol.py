@@ -23,7 +23,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "benchmarks" / ".data" / "ml100k"
-EXTRACTOR = ROOT.parent / "shared" / "datasets" / "movielens-100k"
+# ../shared beside the checkout, else the workplace's copy (a clone may live elsewhere).
+EXTRACTOR = next((p for p in (ROOT.parent / "shared" / "datasets" / "movielens-100k",
+                              Path("/work/shared/datasets/movielens-100k")) if p.exists()),
+                 ROOT.parent / "shared" / "datasets" / "movielens-100k")
 
 # (split, model) -> recall@10, recall@20, recall@100, NDCG@10, HitRate@10, users evaluated.
 REFERENCE = {

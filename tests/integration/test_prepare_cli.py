@@ -13,7 +13,9 @@ import pytest
 from mstage.data.schema import PreparedData
 from mstage.workspace import Artifact, Workspace
 
-MOVIELENS = Path("/work/shared/datasets/movielens-100k")
+MOVIELENS = next((p for p in (Path(__file__).parents[3] / "shared/datasets/movielens-100k",
+                              Path("/work/shared/datasets/movielens-100k")) if p.exists()),
+                 Path("/work/shared/datasets/movielens-100k"))
 
 
 def _interactions(n_users: int = 3, per_user: int = 6) -> pd.DataFrame:
