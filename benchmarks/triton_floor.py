@@ -61,21 +61,28 @@ def latency_ms(url: str, protocol: str, requests: int) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(times), 3)}
 
 
-def throughput(url: str, protocol: str, threads: int, seconds: float) -> float:
+def throughput(url: str, protocol: str, threads: int, seconds: float,
+               users: list[int] | None = None, top_k: int | None = None,
+               warmup_s: float = 0.5) -> float:
+    """Closed-loop requests/s: `threads` clients, client i cycling through every threads-th
+    of `users` (default: user i alone), one user per request, timed after `warmup_s`."""
+    users = users or list(range(threads))
     counts = [0] * threads
     stop = threading.Event()
 
     def worker(i: int) -> None:
         with RecommenderClient(url, protocol) as client:  # HTTP clients are not thread-safe
-            client.recommend([i])
+            n = i % len(users)
+            client.recommend([users[n]], top_k=top_k)
             while not stop.is_set():
-                client.recommend([i])
+                n = (n + threads) % len(users)
+                client.recommend([users[n]], top_k=top_k)
                 counts[i] += 1
 
     pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
-    time.sleep(0.5)
+    time.sleep(warmup_s)
     start_count, started = sum(counts), time.perf_counter()
     time.sleep(seconds)
     done, elapsed = sum(counts) - start_count, time.perf_counter() - started

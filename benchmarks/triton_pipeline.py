@@ -25,7 +25,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from triton_floor import group_rss_mib  # noqa: E402
+from triton_floor import group_rss_mib, throughput  # noqa: E402
 
 from mstage.serving.client import RecommenderClient  # noqa: E402
 from mstage.serving.server import TritonServer, free_ports  # noqa: E402
@@ -146,32 +145,6 @@ def stage_breakdown(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def throughput(url: str, protocol: str, users: list[int], threads: int, seconds: float) -> float:
-    counts = [0] * threads
-    stop = threading.Event()
-
-    def worker(i: int) -> None:
-        with RecommenderClient(url, protocol) as client:  # HTTP clients are not thread-safe
-            client.recommend([users[i]], top_k=TOP_K)
-            n = i
-            while not stop.is_set():
-                n = (n + threads) % len(users)
-                client.recommend([users[n]], top_k=TOP_K)
-                counts[i] += 1
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    time.sleep(1.0)
-    start_count, started = sum(counts), time.perf_counter()
-    time.sleep(seconds)
-    done, elapsed = sum(counts) - start_count, time.perf_counter() - started
-    stop.set()
-    for t in pool:
-        t.join()
-    return round(done / elapsed, 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path,
@@ -226,7 +199,8 @@ def main() -> None:
             result.setdefault("server_ms_per_request", {})[protocol] = stage_breakdown(
                 before, model_stats(urls["http"]))
             result["throughput"][protocol] = {
-                str(c): throughput(url, protocol, users, c, args.seconds) for c in (1, 4, 16)}
+                str(c): throughput(url, protocol, c, args.seconds, users=users, top_k=TOP_K,
+                                  warmup_s=1.0) for c in (1, 4, 16)}
         result["rss_after_load_mib"] = round(group_rss_mib(server.process.pid)[0], 1)
     print(json.dumps(result, indent=2))
 
