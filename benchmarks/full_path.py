@@ -19,8 +19,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from measure import run_and_reap
 
 ROOT = Path(__file__).resolve().parents[1]
 MSTAGE = [sys.executable, "-m", "mstage"]
@@ -35,29 +36,17 @@ def run_measured(args: list[str], workspace: Path | None, log: Path,
     is known; wall seconds, peak RSS (MiB) and the parsed JSON of its stdout."""
     command = MSTAGE + (["--workspace", str(workspace)] if workspace else []) + args
     out_path = log.with_suffix(".stdout")
-    started = time.perf_counter()
-    with open(log, "ab") as err, open(out_path, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                raise SystemExit(f"`mstage {' '.join(args[:2])}` ran past {timeout:.0f} s")
-            time.sleep(0.05)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise SystemExit(f"`mstage {' '.join(args)}` failed ({process.returncode}); see {log}")
+    code, seconds, peak_mib = run_and_reap(command, log, out_path, timeout)
+    if code is None:
+        raise SystemExit(f"`mstage {' '.join(args[:2])}` ran past {timeout:.0f} s")
+    if code != 0:
+        raise SystemExit(f"`mstage {' '.join(args)}` failed ({code}); see {log}")
     text = out_path.read_text()
     try:
         result = json.loads(text) if text.strip() else None
     except json.JSONDecodeError:
         result = None
-    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024, "result": result}
+    return {"seconds": seconds, "peak_mib": peak_mib, "result": result}
 
 
 def movielens_stages(data: Path) -> list[tuple[str, list[str]]]:

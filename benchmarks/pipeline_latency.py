@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from measure import run_and_reap
+
 ROOT = Path(__file__).resolve().parents[1]
 MSTAGE = [str(Path(sys.executable).with_name("mstage"))]
 SAMPLE = ROOT / "sample_data"
@@ -52,22 +54,9 @@ def run_measured(args: list[str], log: Path, timeout: float) -> dict:
     """Run `mstage ARGS`, reaping it with os.wait4: wall seconds, peak RSS MiB, stdout JSON."""
     out_path = log.with_suffix(".stdout")
     load = loadavg()
-    started = time.perf_counter()
-    with open(log, "ab") as err, open(out_path, "wb") as out:
-        process = subprocess.Popen(MSTAGE + args, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                return {"args": args, "seconds": time.perf_counter() - started,
-                        "timed_out": True, "load": load}
-            time.sleep(0.02)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
+    code, seconds, peak_mib = run_and_reap(MSTAGE + args, log, out_path, timeout, poll_s=0.02)
+    if code is None:
+        return {"args": args, "seconds": seconds, "timed_out": True, "load": load}
     if code != 0:
         raise SystemExit(f"`mstage {' '.join(args)}` failed ({code}); see {log}")
     text = out_path.read_text()
@@ -75,7 +64,7 @@ def run_measured(args: list[str], log: Path, timeout: float) -> dict:
         result = json.loads(text.splitlines()[0]) if text.strip() else None
     except json.JSONDecodeError:
         result = None
-    return {"args": args, "seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024),
+    return {"args": args, "seconds": round(seconds, 2), "peak_mib": round(peak_mib),
             "load": load, "result": result}
 
 
