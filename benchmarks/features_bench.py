@@ -29,7 +29,7 @@ def publish_synthetic(root: Path, n_users: int, n_items: int, per_user: int, see
     """A prepared-data artifact with the sample data's columns, at the requested size."""
     import pandas as pd
 
-    from mstage.data.schema import Feature, Schema
+    from mstage.data.schema import Feature, Schema, write_prepared
     from mstage.workspace import Artifact, Workspace
 
     rng = np.random.default_rng(seed)
@@ -59,16 +59,13 @@ def publish_synthetic(root: Path, n_users: int, n_items: int, per_user: int, see
         "tags": [list(rng.choice(tags, rng.integers(0, 4), replace=False)) for _ in range(n_items)],
     })
     with Workspace(root).build(Artifact.DATA) as b:
-        interactions.to_parquet(b.dir / "interactions.parquet")
-        users.to_parquet(b.dir / "users.parquet")
-        items.to_parquet(b.dir / "items.parquet")
-        Schema(
+        write_prepared(b.dir, interactions, users, items, Schema(
             user_features=[Feature(c, "categorical") for c in ("age_group", "gender", "region")],
             item_features=[Feature("category", "categorical"), Feature("brand", "categorical"),
                            Feature("price", "numeric"), Feature("in_stock", "numeric"),
                            Feature("tags", "multi")],
             has_label=False,
-        ).save(b.dir / "schema.json")
+        ))
 
 
 def latency_ms(fn, repeats: int) -> dict[str, float]:

@@ -35,7 +35,7 @@ def movielens_prepared() -> Path:
     """benchmarks/.data/ml-100k-prepared/ in the workspace/data/ layout."""
     import pandas as pd
 
-    from mstage.data.schema import Feature, Schema
+    from mstage.data.schema import Feature, Schema, write_prepared
     from mstage.data.split import assign_folds
 
     raw, out = DATA / "ml-100k", DATA / "ml-100k-prepared"
@@ -73,19 +73,14 @@ def movielens_prepared() -> Path:
         counts={"users": len(user_table), "items": len(item_table),
                 "interactions": len(interactions)},
     )
-    out.mkdir(parents=True, exist_ok=True)
-    interactions.to_parquet(out / "interactions.parquet", index=False)
-    user_table.to_parquet(out / "users.parquet", index=False)
-    item_table.to_parquet(out / "items.parquet", index=False)
-    schema.save(out / "schema.json")
-    return out
+    return write_prepared(out, interactions, user_table, item_table, schema)
 
 
 def synthetic_prepared(n_interactions: int) -> Path:
     """A prepared data set of random interactions (throughput and memory only)."""
     import pandas as pd
 
-    from mstage.data.schema import Feature, Schema
+    from mstage.data.schema import Feature, Schema, write_prepared
     from mstage.data.split import assign_folds
 
     out = DATA / f"synthetic-{n_interactions}"
@@ -108,12 +103,7 @@ def synthetic_prepared(n_interactions: int) -> Path:
                           "price": rng.lognormal(2, 1, n_items)})
     schema = Schema([Feature("region", "categorical")],
                     [Feature("category", "categorical"), Feature("price", "numeric")])
-    out.mkdir(parents=True, exist_ok=True)
-    interactions.to_parquet(out / "interactions.parquet", index=False)
-    users.to_parquet(out / "users.parquet", index=False)
-    items.to_parquet(out / "items.parquet", index=False)
-    schema.save(out / "schema.json")
-    return out
+    return write_prepared(out, interactions, users, items, schema)
 
 
 def _value(text: str):

@@ -52,17 +52,14 @@ def tables():
 
 def publish_prepared(workspace_root: Path) -> None:
     """Publish the tables above as the workspace's `data` artifact."""
-    from mstage.data.schema import Feature, Schema
+    from mstage.data.schema import Feature, Schema, write_prepared
     from mstage.workspace import Artifact, Workspace
 
     interactions, users, items = tables()
     with Workspace(workspace_root).build(Artifact.DATA) as b:
-        interactions.to_parquet(b.dir / "interactions.parquet")
-        users.to_parquet(b.dir / "users.parquet")
-        items.to_parquet(b.dir / "items.parquet")
-        Schema(
+        write_prepared(b.dir, interactions, users, items, Schema(
             user_features=[Feature(n, k) for n, k in USER_FEATURES],
             item_features=[Feature(n, k) for n, k in ITEM_FEATURES],
             has_label=True,
             counts={"users": 4, "items": 4, "interactions": 7},
-        ).save(b.dir / "schema.json")
+        ))

@@ -62,13 +62,9 @@ def prepared_tables(n_users: int = 150, n_items: int = 150, per_user: int = 12, 
 
 def write_prepared(directory: Path, **kwargs) -> Path:
     """Write the tables into `directory` in the workspace/data/ layout."""
-    interactions, users, items, schema = prepared_tables(**kwargs)
-    directory.mkdir(parents=True, exist_ok=True)
-    interactions.to_parquet(directory / "interactions.parquet", index=False)
-    users.to_parquet(directory / "users.parquet", index=False)
-    items.to_parquet(directory / "items.parquet", index=False)
-    schema.save(directory / "schema.json")
-    return directory
+    from mstage.data import schema
+
+    return schema.write_prepared(directory, *prepared_tables(**kwargs))
 
 
 def publish_prepared(workspace_root: Path, **kwargs) -> None:

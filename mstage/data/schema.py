@@ -61,6 +61,17 @@ class Schema:
         return cls(**raw)
 
 
+def write_prepared(directory: Path, interactions, users, items, schema: Schema) -> Path:
+    """Write pandas tables and their schema in this layout (tests, benchmarks, generators of
+    prepared data that skip ingest); `mstage prepare-data` writes the same files itself."""
+    directory.mkdir(parents=True, exist_ok=True)
+    interactions.to_parquet(directory / "interactions.parquet", index=False)
+    users.to_parquet(directory / "users.parquet", index=False)
+    items.to_parquet(directory / "items.parquet", index=False)
+    schema.save(directory / "schema.json")
+    return directory
+
+
 class PreparedData:
     """Read access to `workspace/data/`; tables load lazily and are cached."""
 

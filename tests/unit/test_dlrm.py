@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from mstage.config import RankingConfig
-from mstage.data.schema import Feature, PreparedData, Schema
+from mstage.data.schema import Feature, PreparedData, Schema, write_prepared
 from mstage.data.split import assign_folds
 from mstage.errors import ConfigError, InputError, TrainingDiverged
 from mstage.models.dlrm import RankingScorer, build_dlrm
@@ -52,13 +52,11 @@ def write_planted(root, labelled=True, n_users=300, n_items=120, per_user=40, se
         "label": label})
     if not labelled:
         interactions = interactions[interactions["label"] == 1]
-    assign_folds(interactions.reset_index(drop=True)).to_parquet(root / "interactions.parquet")
-    users.to_parquet(root / "users.parquet")
-    items.to_parquet(root / "items.parquet")
-    Schema([Feature("age_group", "categorical"), Feature("region", "categorical")],
-           [Feature("category", "categorical"), Feature("price", "numeric"),
-            Feature("tags", "multi")], has_label=labelled).save(root / "schema.json")
-    return root
+    return write_prepared(
+        root, assign_folds(interactions.reset_index(drop=True)), users, items,
+        Schema([Feature("age_group", "categorical"), Feature("region", "categorical")],
+               [Feature("category", "categorical"), Feature("price", "numeric"),
+                Feature("tags", "multi")], has_label=labelled))
 
 
 @pytest.fixture(scope="module")
