@@ -28,6 +28,10 @@ redis:
 test: install
 	$(BIN)/pytest -q
 
+# Everything except the tests marked slow (training models, starting servers): under a minute.
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
 lint: install
 	$(BIN)/ruff check mstage tests benchmarks
 

@@ -22,8 +22,8 @@ def main(workspace: str, factors: str | None = None) -> None:
     from mstage.config import load_config
     from mstage.data.schema import PreparedData
     from mstage.evaluation.evaluate import seen_items
+    from mstage.evaluation.metrics import auc, ndcg_at_k, recall_at_k
     from mstage.evaluation.protocol import load_eval_set
-    from mstage.models.metrics import auc, ndcg_at_k, recall_at_k
     from mstage.pipeline.recommender import Recommender, _pad_rows
     from mstage.workspace import Artifact, Workspace
 

@@ -101,7 +101,7 @@ def main() -> None:
 
     from mstage.config import RankingConfig, override
     from mstage.data.schema import PreparedData
-    from mstage.models.ranking import train_ranking
+    from mstage.training.ranking import fit_ranking
     from mstage.workspace import Artifact, Workspace
 
     workspace = Workspace(WORK / "ws")
@@ -115,7 +115,7 @@ def main() -> None:
                           learning_rate=args.learning_rate, negatives=args.negatives,
                           optimizer=args.optimizer)
         started = time.perf_counter()
-        metrics = train_ranking(data, config, WORK / f"model-seed{seed}")
+        metrics = fit_ranking(data, config, WORK / f"model-seed{seed}").metrics()
         metrics["seconds"] = time.perf_counter() - started
         metrics.pop("history")
         runs.append(metrics)

@@ -2,7 +2,7 @@
 
 Extracts the data set into benchmarks/.data/ (never committed), builds the prepared-data
 layout (every rating is a positive; folds from mstage.data.split), trains with
-`mstage.models.retrieval.train_retrieval` over several seeds and prints a markdown table of
+`mstage.training.retrieval.fit_retrieval` over several seeds and prints a markdown table of
 test metrics (mean ± sd) with popularity and ItemKNN, training throughput and peak RSS.
 
     .venv/bin/python benchmarks/retrieval_movielens.py                 # the recorded run
@@ -131,7 +131,7 @@ def main() -> None:
     from mstage.data.schema import PreparedData
     from mstage.evaluation.baselines import item_knn, popularity
     from mstage.evaluation.protocol import build_eval_set, evaluate_scores
-    from mstage.models.retrieval import train_retrieval
+    from mstage.training.retrieval import fit_retrieval
 
     data = PreparedData(synthetic_prepared(args.synthetic) if args.synthetic
                         else movielens_prepared())
@@ -144,7 +144,7 @@ def main() -> None:
     for seed in range(args.seeds):
         config = dataclasses.replace(base, seed=base.seed + seed)
         started = time.perf_counter()
-        run = train_retrieval(data, config, validation_only=args.phase == "validation")
+        run = fit_retrieval(data, config, validation_only=args.phase == "validation")
         wall = time.perf_counter() - started
         runs.append(run)
         wall_times.append(wall)

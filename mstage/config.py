@@ -19,11 +19,20 @@ from typing import Any
 
 from mstage.errors import ConfigError
 
+MAX_SEED = 2**32 - 1
+SPLITS = ("user-temporal", "global")
+
 
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
         if value is None or (isinstance(value, float) and math.isnan(value)) or value <= 0:
             raise ConfigError(f"expected {section}.{name} > 0, found {value!r}")
+
+
+def _seed(section: str, seed: int) -> None:
+    """TensorFlow and numpy take seeds in 0..2**32-1."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"expected {section}.seed in 0..{MAX_SEED}, found {seed!r}")
 
 
 def _one_of(section: str, **values: tuple[str, tuple[str, ...]]) -> None:
@@ -81,7 +90,8 @@ class RetrievalConfig:
                   feature_dim=self.feature_dim)
         _positive("retrieval", **{f"hidden_units[{i}]": u for i, u in enumerate(self.hidden_units)})
         _one_of("retrieval", optimizer=(self.optimizer, ("adagrad", "sgd", "adam")),
-                split=(self.split, ("user-temporal", "global")))
+                split=(self.split, SPLITS))
+        _seed("retrieval", self.seed)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,9 @@ class RankingConfig:
         _positive("ranking", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
                   negatives=self.negatives, patience=self.patience)
+        _one_of("ranking", optimizer=(self.optimizer, ("adagrad", "adam", "sgd")),
+                split=(self.split, SPLITS))
+        _seed("ranking", self.seed)
 
 
 @dataclass(frozen=True)
@@ -222,13 +235,11 @@ class ServingConfig:
     host: str = "127.0.0.1"
     max_batch_size: int = 64
     batch_delay_us: int = 0
-    item_source: str = "online"
 
     def __post_init__(self) -> None:
         _positive("serving", top_k=self.top_k, candidates=self.candidates,
                   instances=self.instances)
-        _one_of("serving", item_source=(self.item_source, ("online", "offline")),
-                device=(self.device, ("cpu", "gpu")))
+        _one_of("serving", device=(self.device, ("cpu", "gpu")))
 
 
 @dataclass(frozen=True)
@@ -294,10 +305,23 @@ def load_config(path: Path) -> Config:
     return Config(**parsed)
 
 
-def override(section: Any, **options: Any) -> Any:
-    """A copy of a config section with the CLI options that were given (not None)."""
+def override(section: Any, *, flags: bool = False, **options: Any) -> Any:
+    """A copy of a config section with the CLI options that were given (not None).
+
+    With `flags`, a value the section rejects is named as its option (`--batch-size`) rather
+    than its key (`retrieval.batch_size`): the options are what the user typed."""
     given = {k: v for k, v in options.items() if v is not None}
-    return dataclasses.replace(section, **given)
+    try:
+        return dataclasses.replace(section, **given)
+    except ConfigError as e:
+        if not flags:
+            raise
+        message = str(e)
+        for key in given:
+            message = re.sub(rf"\b[a-z_]+\.{key}\b", "--" + key.replace("_", "-"), message)
+        if message != str(e) and " > 0, found " in message:
+            message += "; pass a positive value"
+        raise ConfigError(message) from None
 
 
 def as_dict(section: Any) -> dict[str, Any]:

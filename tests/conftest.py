@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -17,21 +15,9 @@ def isolated_workspace(tmp_path, monkeypatch):
     return ws
 
 
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-    exception: BaseException | None
-
-
 @pytest.fixture
 def cli():
-    """Run `mstage ARGS...` in-process; returns exit code, stdout and stderr separately."""
-    from mstage.cli.main import app
+    """Run `mstage ARGS...` in-process; returns exit code, stdout and stderr separately.
 
-    def run(*args: str, input: str | None = None) -> Result:
-        result = CliRunner().invoke(app, [str(a) for a in args], input=input)
-        return Result(result.exit_code, result.stdout, result.stderr, result.exception)
-
-    return run
+    This is tests/cli_runner.py's `run_cli`, which module and session fixtures import."""
+    return run_cli

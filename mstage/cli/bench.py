@@ -45,12 +45,7 @@ def bench(
 ) -> None:
     """Closed-loop load: one user per request, p50/p90/p99 latency and throughput per level."""
     from mstage.errors import UsageError
-    from mstage.evaluation.bench import (
-        in_process_sender,
-        parse_concurrency,
-        run_bench,
-        triton_sender,
-    )
+    from mstage.evaluation.bench import parse_concurrency, recommend_sender, run_bench
     from mstage.evaluation.plots import check_png_path, plot_bench
 
     levels = parse_concurrency(parse_int_list(concurrency, "--concurrency"))
@@ -69,16 +64,20 @@ def bench(
         from mstage.pipeline.recommender import Recommender
 
         mode = "in-process"
-        make = in_process_sender(Recommender.from_workspace(ws, s.config), top_k)
+        recommender = Recommender.from_workspace(ws, s.config)
+        make = recommend_sender(lambda: recommender, top_k, per_thread=False)
     else:
+        from mstage.serving.client import RecommenderClient
+
         mode = f"{protocol}://{server}"
-        make = triton_sender(server, protocol, top_k)
+        make = recommend_sender(lambda: RecommenderClient(server, protocol), top_k,
+                                per_thread=True)
     try:
         make()(int(user_ids[0]))  # fails fast, naming the address, when nothing answers
         result = run_bench(make, user_ids, levels, requests, duration_limit, warmup, top_k,
                            mode, s.progress())
     finally:
-        getattr(make, "close_all", lambda: None)()
+        make.close_all()
 
     out = result.as_dict()
     ws.reports_dir.mkdir(parents=True, exist_ok=True)

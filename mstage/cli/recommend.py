@@ -21,7 +21,6 @@ import typer
 from mstage.cli.app import command, session
 from mstage.errors import InputError, ServerError, UsageError
 
-IN_PROCESS_BATCH = 256
 INT64_MAX = 2**63 - 1
 _ID = re.compile(r"\+?\d+")
 
@@ -94,82 +93,59 @@ def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
         yield values[start:start + size]
 
 
-class InProcess:
-    """Answers from the workspace's Recommender, loaded once."""
+def open_answerer(s, serving, server: str | None, protocol: str):
+    """The in-process Recommender or a Triton client (both `Recommends`), and the item
+    attributes shown beside answers (a function of item ids, or None)."""
+    import dataclasses
 
-    def __init__(self, ws, config, top_k: int, candidates: int, explain: bool):
+    from mstage.workspace import Artifact
+
+    if server is None:
         from mstage.pipeline.recommender import Recommender
 
-        self.recommender = Recommender.from_workspace(ws, config, candidates=candidates,
-                                                      top_k=top_k)
-        n_items = self.recommender.n_items
-        if top_k > n_items:
-            raise UsageError(f"expected --top-k <= the catalog size {n_items}, found {top_k}")
-        self.top_k, self.explain = top_k, explain
-        self.batch_size = IN_PROCESS_BATCH
-        self.warnings = list(self.recommender.warnings)
+        config = dataclasses.replace(s.config, serving=serving)
+        recommender = Recommender.from_workspace(s.workspace, config)
+        if serving.top_k > recommender.n_items:
+            raise UsageError(f"expected --top-k <= the catalog size {recommender.n_items}, "
+                             f"found {serving.top_k}")
+        return recommender, recommender.item_attributes
+    from mstage.serving.client import RecommenderClient
 
-    def __call__(self, users: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        import numpy as np
+    client = RecommenderClient(server, protocol)
+    try:
+        client.batch_size  # noqa: B018 - the first call contacts the server
+    except BaseException:
+        client.close()
+        raise
+    features = s.workspace.path(Artifact.FEATURES)
+    if not s.workspace.exists(Artifact.FEATURES):
+        return client, lambda item_ids: None
+    attributes = None
 
-        result = self.recommender.recommend(np.asarray(users, dtype=np.int64), self.top_k,
-                                            explain=self.explain)
-        stages = [{"name": t.name, "seconds": round(t.seconds, 6), "items_in": int(t.items_in),
-                   "items_out": int(t.items_out)} for t in result.timings]
-        return answers_from_arrays(users, result.item_ids, result.scores, result.fallback,
-                                   result.explain), stages
+    def shown(item_ids):
+        nonlocal attributes
+        if attributes is None:
+            from mstage.features.online import exported_items
 
-    def attributes(self, item_ids: list[int]):
-        return self.recommender.item_attributes(item_ids)
+            attributes = exported_items(features).set_index("item_id")
+        return attributes.reindex(item_ids).reset_index()
+
+    return client, shown
 
 
-class FromServer:
-    """Answers from a Triton server running the mstage ensemble, one request per chunk."""
+def answer(recommender, users: list[int], top_k: int, explain: bool):
+    """JSON-ready answers for `users` and, in-process, each stage's timing."""
+    import numpy as np
 
-    def __init__(self, url: str, protocol: str, top_k: int, ws):
-        from mstage.serving.client import RecommenderClient
-
-        self.client = RecommenderClient(url, protocol)
-        self.top_k, self.ws = top_k, ws
-        try:  # the first call contacts the server
-            self.batch_size = self.client.max_batch_size or IN_PROCESS_BATCH
-            self.sends_top_k = "top_k" in self.client.input_names
-        except BaseException:
-            self.client.close()
-            raise
-        self.warnings: list[str] = []
-        self._items = None
-
-    def __call__(self, users: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        import numpy as np
-
-        request = {"user_id": np.asarray(users, dtype=np.int64)}
-        if self.sends_top_k:
-            request["top_k"] = np.full(len(users), self.top_k, dtype=np.int64)
-        out = self.client.infer(request)
-        missing = [n for n in ("item_ids", "scores", "fallback") if n not in out]
-        if missing:
-            raise ServerError(f"expected outputs item_ids, scores and fallback from model "
-                              f"{self.client.model!r} at {self.client.address}, found "
-                              f"{sorted(out)}; rebuild it with `mstage build-ensemble`")
-        items = np.atleast_2d(out["item_ids"])[:, :self.top_k]
-        scores = np.atleast_2d(out["scores"])[:, :self.top_k]
-        return answers_from_arrays(users, items, scores, out["fallback"].reshape(-1)), []
-
-    def attributes(self, item_ids: list[int]):
-        """Attributes from this workspace's feature store when it has one (else none)."""
-        from mstage.workspace import Artifact
-
-        if self._items is None:
-            if not self.ws.exists(Artifact.FEATURES):
-                return None
-            from mstage.pipeline.base import item_table
-
-            self._items = item_table(str(self.ws.path(Artifact.FEATURES))).set_index("item_id")
-        return self._items.reindex(item_ids).reset_index()
-
-    def close(self) -> None:
-        self.client.close()
+    ids = np.asarray(users, dtype=np.int64)
+    if explain:
+        result = recommender.recommend(ids, top_k, explain=True)
+    else:
+        result = recommender.recommend(ids, top_k)
+    stages = [{"name": t.name, "seconds": round(t.seconds, 6), "items_in": int(t.items_in),
+               "items_out": int(t.items_out)} for t in result.timings]
+    return answers_from_arrays(users, result.item_ids, result.scores, result.fallback,
+                               result.explain), stages
 
 
 def _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server,
@@ -217,13 +193,15 @@ def recommend(
     protocol: str = typer.Option("grpc", "--protocol", help="grpc or http (with --server)."),
 ) -> None:
     """Recommend items for users: a table per user, or one JSON line per user with --json."""
-    import dataclasses
-
     from mstage.config import override
 
     _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server, protocol)
     s = session()
     serving = override(s.config.serving, top_k=top_k, candidates=candidates)
+    if seed is not None:
+        import dataclasses
+
+        s.config = dataclasses.replace(s.config, ordering=override(s.config.ordering, seed=seed))
     if serving.candidates < serving.top_k:
         raise UsageError(f"expected --candidates >= --top-k, found {serving.candidates} < "
                          f"{serving.top_k}; raise --candidates or lower --top-k")
@@ -243,29 +221,24 @@ def recommend(
             raise InputError(f"expected at least one user id in {where}, found none "
                              f"({len(users.malformed)} malformed line(s))")
 
-    if server is None:
-        config = dataclasses.replace(
-            s.config, serving=serving, ordering=override(s.config.ordering, seed=seed))
-        answerer: Any = InProcess(s.workspace, config, serving.top_k, serving.candidates,
-                                  explain)
-    else:
-        answerer = FromServer(server, protocol, serving.top_k, s.workspace)
+    recommender, attributes = open_answerer(s, serving, server, protocol)
     try:
-        for warning in answerer.warnings:
+        for warning in getattr(recommender, "warnings", []):
             s.warn(warning)
-        _answer_all(answerer, users.ids, _printer(s, answerer, explain), server)
+        _answer_all(recommender, users.ids, serving.top_k, explain,
+                    _printer(s, attributes, explain), server)
     finally:
-        if server is not None:
-            answerer.close()
+        recommender.close()
 
 
-def _answer_all(answerer, ids: list[int], emit: Callable, server: str | None) -> None:
+def _answer_all(recommender, ids: list[int], top_k: int, explain: bool, emit: Callable,
+                server: str | None) -> None:
     """Ask in chunks, printing each as it arrives; a server failure after some answers
     names the users left unanswered."""
     answered = 0
     try:
-        for chunk in _chunks(ids, answerer.batch_size):
-            answers, stages = answerer(chunk)
+        for chunk in _chunks(ids, recommender.batch_size):
+            answers, stages = answer(recommender, chunk, top_k, explain)
             emit(answers, stages)
             answered += len(chunk)
     except ServerError as e:
@@ -278,7 +251,7 @@ def _answer_all(answerer, ids: list[int], emit: Callable, server: str | None) ->
         ) from None
 
 
-def _printer(s, answerer, explain: bool) -> Callable:
+def _printer(s, attributes: Callable, explain: bool) -> Callable:
     def emit(answers: list[dict[str, Any]], stages: list[dict[str, Any]]) -> None:
         if s.json:
             for answer in answers:
@@ -292,7 +265,7 @@ def _printer(s, answerer, explain: bool) -> Callable:
         if explain and stages:
             s.out.print(stages_table(stages, len(answers)))
         for answer in answers:
-            s.out.print(recommendations_table(answer, answerer.attributes(answer["item_ids"])))
+            s.out.print(recommendations_table(answer, attributes(answer["item_ids"])))
 
     return emit
 

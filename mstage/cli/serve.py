@@ -49,14 +49,14 @@ def serve(
     """Start tritonserver on the ensemble; runs until Ctrl-C (or returns with --detach)."""
     from mstage.config import override
     from mstage.errors import ArtifactMissing, ServerError
+    from mstage.serving.ensemble import repository_path
     from mstage.serving.server import TritonServer, log_tail
-    from mstage.workspace import Artifact
 
     s = session()
     ws = s.workspace
     cfg = override(s.config.serving, http_port=http_port, grpc_port=grpc_port, host=host)
     if repository is None:
-        repository = ws.path(Artifact.ENSEMBLE) / "model_repository"
+        repository = repository_path(ws)
         if not repository.is_dir():
             raise ArtifactMissing(f"expected a model repository at {repository}, found nothing; "
                                   "run `mstage build-ensemble` first (or pass --repository)")

@@ -5,14 +5,6 @@ from __future__ import annotations
 import typer
 
 from mstage.cli.app import command, next_step, session, table
-from mstage.errors import UsageError
-
-
-def _check_positive(**options: float | None) -> None:
-    for name, value in options.items():
-        if value is not None and not value > 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"expected {flag} > 0, found {value}; pass a positive value")
 
 
 @command("train-ranking")
@@ -33,23 +25,16 @@ def train_ranking(
 ) -> None:
     """Train the DLRM ranker on prepared data, report test AUC / log loss beside a baseline,
     export a SavedModel."""
-    from mstage.config import as_dict, override
-    from mstage.data.schema import PreparedData
-    from mstage.models.ranking import train_ranking as run_training
+    from mstage.config import override
+    from mstage.training.ranking import train_ranking as run_training
     from mstage.workspace import Artifact
 
-    _check_positive(epochs=epochs, batch_size=batch_size, embedding_dim=embedding_dim,
-                    learning_rate=learning_rate, negatives=negatives)
     s = session()
-    config = override(s.config.ranking, epochs=epochs, batch_size=batch_size,
+    config = override(s.config.ranking, flags=True, epochs=epochs, batch_size=batch_size,
                       embedding_dim=embedding_dim, learning_rate=learning_rate, seed=seed,
                       negatives=negatives)
     ws = s.workspace
-    data = PreparedData(ws.require(Artifact.DATA))
-    with ws.build(Artifact.RANKING) as b:
-        metrics = run_training(data, config, b.dir, s.progress())
-        b.config = as_dict(config)
-        b.metrics = metrics
+    metrics = run_training(ws, config, s.progress()).metrics()
     result = {"artifact": str(ws.path(Artifact.RANKING)), "split": config.split, **metrics}
 
     def render(console):

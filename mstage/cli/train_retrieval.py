@@ -5,14 +5,6 @@ from __future__ import annotations
 import typer
 
 from mstage.cli.app import command, next_step, session, table
-from mstage.errors import UsageError
-
-
-def _check_positive(**options: float | None) -> None:
-    for name, value in options.items():
-        if value is not None and not value > 0:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"expected {flag} > 0, found {value}; pass a positive value")
 
 
 @command("train-retrieval")
@@ -30,23 +22,16 @@ def train_retrieval(
                              "[default: 42]"),
 ) -> None:
     """Train the two-tower model on prepared data, report test metrics, export the towers."""
-    from mstage.config import as_dict, override
-    from mstage.data.schema import PreparedData
-    from mstage.models.retrieval import train_retrieval as run_training
+    from mstage.config import override
+    from mstage.training.retrieval import train_retrieval as run_training
     from mstage.workspace import Artifact
 
-    _check_positive(epochs=epochs, batch_size=batch_size, embedding_dim=embedding_dim,
-                    learning_rate=learning_rate, temperature=temperature)
     s = session()
-    config = override(s.config.retrieval, epochs=epochs, batch_size=batch_size,
+    config = override(s.config.retrieval, flags=True, epochs=epochs, batch_size=batch_size,
                       embedding_dim=embedding_dim, learning_rate=learning_rate,
                       temperature=temperature, seed=seed)
     ws = s.workspace
-    data = PreparedData(ws.require(Artifact.DATA))
-    with ws.build(Artifact.RETRIEVAL) as b:
-        run = run_training(data, config, b.dir, s.progress())
-        b.config = as_dict(config)
-        b.metrics = run.metrics()
+    run = run_training(ws, config, s.progress())
     for note in run.notes:
         s.warn(note)
 

@@ -188,44 +188,32 @@ def run_bench(make_sender: Callable[[], Send], user_ids: np.ndarray, levels: Seq
     return result
 
 
-def in_process_sender(recommender, top_k: int) -> Callable[[], Send]:
-    """Senders sharing one in-process Recommender: one user per request, like online traffic."""
+def recommend_sender(open_recommender: Callable[[], Any], top_k: int, *,
+                     per_thread: bool) -> Callable[[], Send]:
+    """Senders asking a `Recommends` for one user per request, like online traffic.
+
+    `per_thread`: each client thread opens its own (tritonclient HTTP clients are not
+    thread-safe), else all share one (the in-process recommender). `close_all()` on the
+    returned factory closes what was opened."""
+    opened: list[Any] = []
+    lock = threading.Lock()
 
     def make() -> Send:
+        with lock:
+            if per_thread or not opened:
+                opened.append(open_recommender())
+            recommender = opened[-1]
+
         def send(user_id: int) -> Any:
             return recommender.recommend(np.array([user_id], dtype=np.int64), top_k)
 
         return send
 
-    return make
-
-
-def triton_sender(url: str, protocol: str, top_k: int, timeout_s: float = 30.0
-                  ) -> Callable[[], Send]:
-    """One RecommenderClient per client thread (tritonclient HTTP clients are not thread-safe).
-
-    Clients are closed when the process ends; `close_all()` on the returned factory closes
-    them earlier."""
-    from mstage.serving.client import RecommenderClient
-
-    clients: list[RecommenderClient] = []
-    lock = threading.Lock()
-
-    def make() -> Send:
-        client = RecommenderClient(url, protocol=protocol, timeout_s=timeout_s)
-        with lock:
-            clients.append(client)
-
-        def send(user_id: int) -> Any:
-            return client.recommend(np.array([user_id], dtype=np.int64), top_k)
-
-        return send
-
     def close_all() -> None:
         with lock:
-            for client in clients:
-                client.close()
-            clients.clear()
+            for recommender in opened:
+                recommender.close()
+            opened.clear()
 
     make.close_all = close_all  # type: ignore[attr-defined]
     return make

@@ -22,8 +22,14 @@ import numpy as np
 
 from mstage.data.schema import SPLITS
 from mstage.errors import InputError, UsageError
-from mstage.evaluation.protocol import DEFAULT_KS, EvalSet, evaluate_scores, load_eval_set
-from mstage.models.metrics import PAD, RelevantSets, hit_matrix, ndcg_per_user, recall_per_user
+from mstage.evaluation.metrics import PAD, RelevantSets
+from mstage.evaluation.protocol import (
+    DEFAULT_KS,
+    EvalSet,
+    MetricTotals,
+    evaluate_scores,
+    load_eval_set,
+)
 from mstage.progress import SILENT, Reporter
 from mstage.workspace import Artifact, Workspace
 
@@ -100,8 +106,7 @@ def evaluate_recommendations(eval_set: EvalSet, recommend: RecommendFn, ks: Sequ
     if n_users == 0:
         raise InputError(f"expected at least one evaluated user on the {eval_set.split} split, "
                          "found none; use more data or the user-temporal split")
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hitrate")}
-    covered = {k: np.zeros(eval_set.n_catalog, dtype=bool) for k in ks}
+    totals = MetricTotals(ks, eval_set.n_catalog)
     extras: dict[str, Any] = {"fallback_users": 0, "outside_catalog": 0, "duplicate_rows": 0,
                               "stage_seconds": {}}
     with reporter.task("evaluate pipeline", total=n_users) as task:
@@ -116,19 +121,9 @@ def evaluate_recommendations(eval_set: EvalSet, recommend: RecommendFn, ks: Sequ
             for timing in getattr(out, "timings", None) or []:
                 spent = extras["stage_seconds"]
                 spent[timing.name] = spent.get(timing.name, 0.0) + float(timing.seconds)
-            hits = hit_matrix(ids, eval_set.relevant_sets.rows(start, start + len(users)), k_max)
-            sizes = eval_set.relevant_sets.sizes[start:start + len(users)]
-            for k in ks:
-                sums[f"recall@{k}"] += float(recall_per_user(hits[:, :k], sizes).sum())
-                sums[f"ndcg@{k}"] += float(ndcg_per_user(hits[:, :k], sizes).sum())
-                sums[f"hitrate@{k}"] += float(hits[:, :k].any(axis=1).sum())
-                chosen = cols[:, :k]
-                covered[k][chosen[chosen >= 0]] = True
+            totals.add(cols, ids, eval_set.relevant_sets.rows(start, start + len(users)))
             task.advance(len(users))
-    metrics = {name: value / n_users for name, value in sums.items()}
-    for k in ks:
-        metrics[f"coverage@{k}"] = float(covered[k].sum() / eval_set.n_catalog)
-    metrics["users"] = n_users
+    metrics = totals.result(n_users)
     extras["fallback_share"] = extras["fallback_users"] / n_users
     return metrics, extras
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, SPLITS, TEST, VALID, fold_column
 from mstage.errors import InputError, UsageError
-from mstage.models.metrics import (
+from mstage.evaluation.metrics import (
     PAD,
     RelevantSets,
     hit_matrix,
@@ -50,10 +51,20 @@ class EvalSet:
     users: np.ndarray
     relevant_sets: RelevantSets
     stats: dict[str, int] = field(default_factory=dict)
+    _lookups: dict[str, tuple[np.ndarray, IdLookup]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @property
     def n_catalog(self) -> int:
         return len(self.catalog)
+
+    def _lookup(self, name: str) -> IdLookup:
+        """IdLookup of the id array `name` ("catalog", "train_users"), rebuilt if replaced."""
+        ids = getattr(self, name)
+        cached = self._lookups.get(name)
+        if cached is None or cached[0] is not ids:
+            cached = self._lookups[name] = (ids, IdLookup(ids))
+        return cached[1]
 
     @property
     def relevant(self) -> list[np.ndarray]:
@@ -63,11 +74,7 @@ class EvalSet:
 
     def train_rows(self, user_ids: np.ndarray) -> np.ndarray:
         """Row in the train CSR of each user id; -1 for users without train interactions."""
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        if len(self.train_users) == 0:
-            return np.full(len(user_ids), -1, dtype=np.int64)
-        slot = np.minimum(np.searchsorted(self.train_users, user_ids), len(self.train_users) - 1)
-        return np.where(self.train_users[slot] == user_ids, slot, -1)
+        return self._lookup("train_users").rows(np.asarray(user_ids, dtype=np.int64), missing=-1)
 
     def train_pairs(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in user_ids, catalog column) of every train interaction of these users,
@@ -83,11 +90,7 @@ class EvalSet:
 
     def columns_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Catalog column of each item id; -1 for items outside the train catalog."""
-        item_ids = np.asarray(item_ids, dtype=np.int64)
-        if self.n_catalog == 0:
-            return np.full(len(item_ids), -1, dtype=np.int64)
-        slot = np.minimum(np.searchsorted(self.catalog, item_ids), self.n_catalog - 1)
-        return np.where(self.catalog[slot] == item_ids, slot, -1)
+        return self._lookup("catalog").rows(np.asarray(item_ids, dtype=np.int64), missing=-1)
 
 
 def _fold_masks(folds: np.ndarray, phase: str) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +183,7 @@ def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DE
         )
     k_max = max(ks)
     batch_size = max(1, min(batch_size, MAX_BATCH_CELLS // max(eval_set.n_catalog, 1)))
-    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "hitrate")}
-    covered = {k: np.zeros(eval_set.n_catalog, dtype=bool) for k in ks}
+    totals = MetricTotals(ks, eval_set.n_catalog)
     with reporter.task("evaluate", total=n_users) as task:
         for start in range(0, n_users, batch_size):
             users = eval_set.users[start:start + batch_size]
@@ -194,23 +196,38 @@ def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DE
             rows, cols = eval_set.train_pairs(users)
             top = top_k_columns(scores, k_max, rows, cols)
             top_ids = np.where(top == PAD, PAD, eval_set.catalog[np.maximum(top, 0)])
-            batch_sets = eval_set.relevant_sets.rows(start, start + len(users))
-            _accumulate(sums, covered, top, top_ids, batch_sets, ks)
+            totals.add(top, top_ids, eval_set.relevant_sets.rows(start, start + len(users)))
             task.advance(len(users))
-    result = {name: value / n_users for name, value in sums.items()}
-    for k in ks:
-        result[f"coverage@{k}"] = float(covered[k].sum() / eval_set.n_catalog)
-    result["users"] = n_users
-    return result
+    return totals.result(n_users)
 
 
-def _accumulate(sums: dict[str, float], covered: dict[int, np.ndarray], top_cols: np.ndarray,
-                top_ids: np.ndarray, relevant: RelevantSets, ks: Sequence[int]) -> None:
-    hits = hit_matrix(top_ids, relevant, max(ks))
-    sizes = relevant.sizes
-    for k in ks:
-        sums[f"recall@{k}"] += float(recall_per_user(hits[:, :k], sizes).sum())
-        sums[f"ndcg@{k}"] += float(ndcg_per_user(hits[:, :k], sizes).sum())
-        sums[f"hitrate@{k}"] += float(hits[:, :k].any(axis=1).sum())
-        chosen = top_cols[:, :k]
-        covered[k][chosen[chosen != PAD]] = True
+class MetricTotals:
+    """The protocol's metrics summed over batches of evaluated users: recall, NDCG and hit
+    rate per k, and the catalog columns recommended in some top k (coverage). Every
+    evaluation (catalog scores or recommended ids) accumulates through this one class."""
+
+    def __init__(self, ks: Sequence[int], n_catalog: int):
+        self.ks, self.n_catalog = list(ks), n_catalog
+        self.sums = {f"{name}@{k}": 0.0 for k in self.ks for name in ("recall", "ndcg", "hitrate")}
+        self.covered = {k: np.zeros(n_catalog, dtype=bool) for k in self.ks}
+
+    def add(self, top_cols: np.ndarray, top_ids: np.ndarray, relevant: RelevantSets) -> None:
+        """One batch of b users: top_ids int64 [b, >= max k] recommended ids, best first (PAD
+        pads); top_cols [b, >= max k] their catalog columns (negative: PAD or an id outside the
+        catalog, never covered); relevant the b users' relevant sets."""
+        hits = hit_matrix(top_ids, relevant, max(self.ks))
+        sizes = relevant.sizes
+        for k in self.ks:
+            self.sums[f"recall@{k}"] += float(recall_per_user(hits[:, :k], sizes).sum())
+            self.sums[f"ndcg@{k}"] += float(ndcg_per_user(hits[:, :k], sizes).sum())
+            self.sums[f"hitrate@{k}"] += float(hits[:, :k].any(axis=1).sum())
+            chosen = top_cols[:, :k]
+            self.covered[k][chosen[chosen >= 0]] = True
+
+    def result(self, n_users: int) -> dict[str, float]:
+        """Means over n_users, then coverage@k over the catalog, then "users"."""
+        result = {name: value / n_users for name, value in self.sums.items()}
+        for k in self.ks:
+            result[f"coverage@{k}"] = float(self.covered[k].sum() / self.n_catalog)
+        result["users"] = n_users
+        return result

@@ -16,11 +16,14 @@ import numpy as np
 
 from mstage.data.schema import Feature
 from mstage.errors import ArtifactMissing
-from mstage.features.repo import ITEM_VIEW, SOURCES_DIR, STORE_YAML, USER_VIEW
+from mstage.features.repo import ITEM_VIEW, ONLINE_DB, REGISTRY, SOURCES_DIR, STORE_YAML, USER_VIEW
 from mstage.features.tables import ITEM_ID, USER_ID
 
 SPEC = "features.json"
 ITEM_BATCH = 5_000
+ONLINE_FILES = (STORE_YAML, REGISTRY, ONLINE_DB, SPEC)
+"""What online reads need of a features artifact (a Redis-backed one has no ONLINE_DB)."""
+EXPORTED_ITEMS = f"{SOURCES_DIR}/items.parquet"
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,9 @@ class OnlineFeatures:
 
         if source not in ("online", "offline"):
             raise ValueError(f"expected source 'online' or 'offline', found {source!r}")
-        path = self.directory / SOURCES_DIR / "items.parquet"
+        path = self.directory / EXPORTED_ITEMS
         if source == "offline":
-            return _from_offline(pd.read_parquet(path), self.spec.item_features)
+            return exported_items(self.directory)
         ids = pd.read_parquet(path, columns=[ITEM_ID])[ITEM_ID].to_numpy()
         parts = []
         for start in range(0, len(ids), ITEM_BATCH):
@@ -144,6 +147,19 @@ class OnlineFeatures:
         else:
             column[:] = values
         return column
+
+
+def exported_items(features_dir: Path):
+    """Every item as exported (`item_id` + features, in `items()` conventions), read from the
+    artifact's parquet without Feast: the rows export-features materialized online."""
+    import pandas as pd
+
+    directory = Path(features_dir)
+    if not (directory / SPEC).is_file():
+        raise ArtifactMissing(f"expected a feature store ({SPEC}) in {directory}, found none; "
+                              "run `mstage export-features` first")
+    spec = StoreSpec.load(directory)
+    return _from_offline(pd.read_parquet(directory / EXPORTED_ITEMS), spec.item_features)
 
 
 def _from_offline(table, features: list[Feature]):

@@ -1,5 +1,5 @@
 """DLRM click model: the network, its SavedModel export and the serving-side scorer
-(training lives in `mstage.models.ranking`).
+(training lives in `mstage.training.ranking`).
 
 Inputs are the encoded arrays of `mstage.models.encoders` for a batch of b (user, item)
 rows: `user_id`, `item_id` and every user and item feature, merged into one dict. There are
@@ -124,26 +124,32 @@ class RankingScorer:
     used by the scoring operator of the online pipeline. Load once, call per request.
     """
 
-    def __init__(self, encoders: FeatureEncoders, serve, params: dict[str, Any]):
+    def __init__(self, encoders: FeatureEncoders | None, serve, params: dict[str, Any]):
         self.encoders = encoders
         self._serve = serve
         self.params = params
 
     @classmethod
     def load(cls, directory: Path) -> RankingScorer:
-        tf = import_tensorflow()
-
         directory = Path(directory)
         if not (directory / SAVED_MODEL_DIR).is_dir() or not (directory / PARAMS_FILE).is_file():
             raise InputError(
                 f"expected a ranking model (saved_model/, params.json) in {directory}, found "
                 "none; run `mstage train-ranking` first"
             )
-        loaded = tf.saved_model.load(str(directory / SAVED_MODEL_DIR))
-        params = json.loads((directory / PARAMS_FILE).read_text())
+        scorer = cls.from_saved_model(directory)
+        scorer.encoders = FeatureEncoders.load(directory / ENCODERS_DIR)
+        scorer.params = json.loads((directory / PARAMS_FILE).read_text())
+        return scorer
+
+    @classmethod
+    def from_saved_model(cls, directory: Path) -> RankingScorer:
+        """A scorer of already-encoded inputs (`score_encoded`) from `saved_model/` alone."""
+        tf = import_tensorflow()
+
+        loaded = tf.saved_model.load(str(Path(directory) / SAVED_MODEL_DIR))
         # The concrete signature dispatches ~25% faster than the restored tf.function.
-        scorer = cls(FeatureEncoders.load(directory / ENCODERS_DIR),
-                     loaded.signatures["serving_default"], params)
+        scorer = cls(None, loaded.signatures["serving_default"], {})
         scorer._module = loaded  # the signature's variables live as long as the module
         return scorer
 

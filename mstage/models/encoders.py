@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mstage.data.lookup import IdLookup
 from mstage.data.schema import Feature, Schema
 from mstage.errors import InputError
 from mstage.models.tensorflow_runtime import import_tensorflow
@@ -52,21 +53,18 @@ class FeatureSpec:
 
 
 class IdVocab:
-    """int64 ids -> dense indices 1..n (0 for ids not seen when fitted), by binary search."""
+    """int64 ids -> dense indices 1..n (0 for ids not seen when fitted), in sorted id order."""
 
     def __init__(self, ids: np.ndarray):
         self.ids = np.unique(np.asarray(ids, dtype=np.int64))  # sorted; index i -> i + 1
+        self._lookup = IdLookup(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids) + 1
 
     def lookup(self, ids: Any) -> np.ndarray:
         """[b] int64 ids -> [b] int64 indices."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(self.ids) == 0:
-            return np.zeros(len(ids), dtype=np.int64)
-        pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
-        return np.where(self.ids[pos] == ids, pos + 1, 0).astype(np.int64)
+        return self._lookup.rows(np.asarray(ids, dtype=np.int64).reshape(-1), missing=-1) + 1
 
 
 class StringVocab:

@@ -9,26 +9,24 @@ embedding table (duplicate rows summed first), the dense kernel elsewhere.
 
 from __future__ import annotations
 
-from mstage.errors import ConfigError
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 OPTIMIZERS = ("adagrad", "sgd", "adam")
 
 
 class SparseOptimizer:
-    """`apply(grads, variables)` inside a tf.function; slots are created at construction.
+    """`apply(grads)` inside a tf.function; slots are created at construction. Build it with
+    `mstage.training.core.make_optimizer`, which checks the name a user gave.
 
     adagrad: accumulator starts at 0.1 (Keras' default), epsilon 1e-7. sgd: plain steps.
-    adam: Keras Adam (dense slots), kept for comparison.
+    adam: Keras Adam (dense slots), the ranker's default.
     """
 
     def __init__(self, name: str, learning_rate: float, variables: list):
         tf = import_tensorflow()
 
-        if name not in OPTIMIZERS:
-            raise ConfigError(
-                f"expected retrieval.optimizer in {', '.join(OPTIMIZERS)}, found {name!r}"
-            )
+        if name not in OPTIMIZERS:  # user-facing names are checked by make_optimizer
+            raise ValueError(f"expected an optimizer in {OPTIMIZERS}, found {name!r}")
         self.name, self.variables = name, list(variables)
         self.lr = tf.constant(learning_rate, tf.float32)
         self.eps = tf.constant(1e-7, tf.float32)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,15 @@ import numpy as np
 
 from mstage.errors import ArtifactMissing, TrainingDiverged
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
-from mstage.models.optimizers import SparseOptimizer
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
-from mstage.progress import SILENT, Reporter
 
 QUERY_TOWER = "query_tower"
 ITEM_TOWER = "item_tower"
 ENCODERS_DIR = "encoders"
 PARAMS_FILE = "params.json"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
+QUERY_FILES = (QUERY_TOWER, ENCODERS_DIR, PARAMS_FILE)
+"""What serving reads of a retrieval artifact: the query side only."""
 
 
 @dataclass(frozen=True)
@@ -38,23 +37,6 @@ class TowerParams:
     feature_dim: int = 16
     hidden_units: tuple[int, ...] = ()
     temperature: float = 0.05
-
-
-@dataclass(frozen=True)
-class FitParams:
-    batch_size: int = 256
-    learning_rate: float = 0.05
-    optimizer: str = "adagrad"
-    seed: int = 42
-
-
-@dataclass
-class EpochLog:
-    epoch: int
-    loss: float
-    seconds: float
-    examples: int
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def _tf():
@@ -154,70 +136,10 @@ class TwoTower:
         self.query_tower = build_tower(encoders.specs("user"), params, QUERY_TOWER)
         self.item_tower = build_tower(encoders.specs("item"), params, ITEM_TOWER)
 
-    # training ----------------------------------------------------------------------------
-    def fit(self, user_rows: np.ndarray, item_rows: np.ndarray, epochs: int, fit: FitParams,
-            reporter: Reporter = SILENT,
-            after_epoch: Callable[[int], dict[str, float] | None] | None = None,
-            description: str = "train") -> list[EpochLog]:
-        """Train on positive pairs ([N] row indices into `users` / `items`) for `epochs`.
-
-        `after_epoch(epoch)` may return metrics (shown in the progress bar) and a truthy
-        "stop" entry to end training early. Raises TrainingDiverged on a non-finite loss.
-        """
-        import time
-
-        tf = _tf()
-        n = len(user_rows)
-        counts = np.bincount(item_rows, minlength=len(next(iter(self.items.values()))))
-        log_q_table = tf.constant(np.log(np.maximum(counts, 1) / n).astype(np.float32))
-        user_table = {k: tf.constant(v) for k, v in self.users.items()}
-        item_table = {k: tf.constant(v) for k, v in self.items.items()}
-        variables = self.query_tower.trainable_variables + self.item_tower.trainable_variables
-        optimizer = SparseOptimizer(fit.optimizer, fit.learning_rate, variables)
-        temperature = float(self.params.temperature)
-        item_key = "item_id"
-
-        @tf.function(reduce_retracing=True)
-        def step(u_rows, i_rows):
-            u_in = {k: tf.gather(v, u_rows) for k, v in user_table.items()}
-            i_in = {k: tf.gather(v, i_rows) for k, v in item_table.items()}
-            with tf.GradientTape() as tape:
-                q = self.query_tower(u_in, training=True)
-                c = self.item_tower(i_in, training=True)
-                loss = in_batch_softmax_loss(q, c, i_in[item_key], tf.gather(log_q_table, i_rows),
-                                             temperature)
-            optimizer.apply(tape.gradient(loss, variables))
-            return loss
-
-        rng = np.random.default_rng(fit.seed)
-        batch = fit.batch_size
-        n_batches = max(1, n // batch)  # drop the ragged tail: in-batch negatives need full batches
-        logs = []
-        with reporter.task(description, total=epochs) as task:
-            for epoch in range(1, epochs + 1):
-                started = time.perf_counter()
-                order = rng.permutation(n)
-                total = 0.0
-                for b in range(n_batches):
-                    idx = order[b * batch:(b + 1) * batch]
-                    total += float(step(tf.constant(user_rows[idx]), tf.constant(item_rows[idx])))
-                loss = total / n_batches
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"expected a finite training loss, found {loss} at epoch {epoch}; "
-                        f"lower --learning-rate (now {fit.learning_rate}) or raise --temperature "
-                        f"(now {temperature}); the previous artifact is kept"
-                    )
-                seconds = time.perf_counter() - started
-                log = EpochLog(epoch, loss, seconds, min(n, n_batches * batch))
-                extra = after_epoch(epoch) if after_epoch else None
-                log.extra = dict(extra or {})
-                logs.append(log)
-                shown = {k: v for k, v in log.extra.items() if k != "stop"}
-                task.advance(1, loss=loss, **shown)
-                if log.extra.get("stop"):
-                    break
-        return logs
+    @property
+    def trainable_variables(self) -> list:
+        """Both towers' variables: what an optimizer of this model updates."""
+        return self.query_tower.trainable_variables + self.item_tower.trainable_variables
 
     # inference ---------------------------------------------------------------------------
     def user_embeddings(self, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -274,6 +196,59 @@ class TwoTower:
             **extra_params,
         }
         (directory / PARAMS_FILE).write_text(json.dumps(params, indent=2))
+
+
+class TowerTrainer:
+    """Epochs of in-batch softmax training of a TwoTower on positive pairs.
+
+    user_rows, item_rows: [N] int64 rows into the model's `users` / `items` tables (row i of
+    both is one positive pair). Each epoch shuffles the pairs with a generator seeded by
+    `seed` and steps through full batches of `batch_size` (the ragged tail is dropped:
+    in-batch negatives need full batches); `optimizer.apply(grads)` updates
+    `model.trainable_variables`. The epoch loop itself is the training layer's.
+    """
+
+    def __init__(self, model: TwoTower, user_rows: np.ndarray, item_rows: np.ndarray,
+                 optimizer, batch_size: int, seed: int):
+        tf = _tf()
+        n = len(user_rows)
+        counts = np.bincount(item_rows, minlength=len(next(iter(model.items.values()))))
+        log_q_table = tf.constant(np.log(np.maximum(counts, 1) / n).astype(np.float32))
+        user_table = {k: tf.constant(v) for k, v in model.users.items()}
+        item_table = {k: tf.constant(v) for k, v in model.items.items()}
+        variables = model.trainable_variables
+        temperature = float(model.params.temperature)
+        item_key = "item_id"
+
+        @tf.function(reduce_retracing=True)
+        def step(u_rows, i_rows):
+            u_in = {k: tf.gather(v, u_rows) for k, v in user_table.items()}
+            i_in = {k: tf.gather(v, i_rows) for k, v in item_table.items()}
+            with tf.GradientTape() as tape:
+                q = model.query_tower(u_in, training=True)
+                c = model.item_tower(i_in, training=True)
+                loss = in_batch_softmax_loss(q, c, i_in[item_key], tf.gather(log_q_table, i_rows),
+                                             temperature)
+            optimizer.apply(tape.gradient(loss, variables))
+            return loss
+
+        self._step, self._rng = step, np.random.default_rng(seed)
+        self.user_rows, self.item_rows = user_rows, item_rows
+        self.batch_size = batch_size
+        self.n_batches = max(1, n // batch_size)
+        self.examples_per_epoch = min(n, self.n_batches * batch_size)
+
+    def epoch(self) -> float:
+        """One pass over freshly shuffled pairs; the mean batch loss (NaN or infinite when
+        training diverged)."""
+        tf = _tf()
+        order = self._rng.permutation(len(self.user_rows))
+        batch, total = self.batch_size, 0.0
+        for b in range(self.n_batches):
+            idx = order[b * batch:(b + 1) * batch]
+            total += float(self._step(tf.constant(self.user_rows[idx]),
+                                      tf.constant(self.item_rows[idx])))
+        return total / self.n_batches
 
 
 def _spec_doc(s: FeatureSpec) -> dict[str, Any]:

@@ -3,16 +3,28 @@
 Works on padded candidate lists ([batch, n] item ids with -1 padding, scores with -inf).
 Surviving candidates keep their retrieval order and are packed to the left; a row left with
 fewer than `min_candidates` is topped up with the most popular items that pass the same
-rules, and flagged, so no request ever gets an empty answer.
+rules, and flagged, so no request ever gets an empty answer. The rules' item attributes
+are arrays computed when the stage is built: no store is opened online.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from mstage.pipeline.base import Catalog, StageOperator, item_table, recent_width
-from mstage.pipeline.operator import ColumnSpec
-from mstage.pipeline.ordering import PAD
+from mstage.columns import (
+    CANDIDATE_IDS,
+    FILTERED_IDS,
+    FILTERED_SCORES,
+    PAD,
+    RECENT_ITEMS,
+    REFILLED,
+    RETRIEVAL_SCORES,
+    ColumnSpec,
+)
+from mstage.data.lookup import IdLookup
+from mstage.pipeline.stage import Stage
 
 
 def excluded_items(
@@ -34,14 +46,14 @@ def excluded_items(
 
 
 def allowed_mask(
-    ids: np.ndarray, catalog: Catalog, excluded: np.ndarray, seen: np.ndarray | None
+    ids: np.ndarray, catalog: IdLookup, excluded: np.ndarray, seen: np.ndarray | None
 ) -> np.ndarray:
     """Boolean [b, n]: candidate is real, in the catalog, not excluded and not seen.
 
-    `excluded` [n_items] is indexed by catalog position; `seen` [b, r] holds each user's
+    `excluded` [n_items] is indexed by catalog row; `seen` [b, r] holds each user's
     seen ids (-1 padded) or None.
     """
-    pos, known = catalog.positions(ids)
+    pos, known = catalog.find(ids)
     ok = (ids != PAD) & known & ~excluded[pos]
     if seen is not None and seen.size:
         ok &= ~(ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
@@ -90,46 +102,62 @@ def refill_from_popular(
     return out_ids, out_scores, refilled
 
 
-class FilterCandidates(StageOperator):
+class FilterCandidates(Stage):
     """Drops seen and rule-excluded candidates; refills short lists from popular items.
 
-    sources: `features` (item attributes for the rules). params: the [filtering] config and
-    `min_candidates`. arrays: `popular` (item ids, most popular first).
+    params: the [filtering] config, `candidates` (N), `min_candidates`, `recent_items`.
+    arrays: `item_ids` (the catalog), `excluded` (per catalog row), `popular_allowed`
+    (allowed item ids, most popular first). Build it with `from_catalog`.
     """
 
-    def _open(self) -> None:
-        items = item_table(str(self.sources["features"]), self.params["item_source"])
-        p = self.params
-        self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
-        self.excluded = excluded_items(
+    @classmethod
+    def from_catalog(cls, items: Any, popular: np.ndarray, params: dict[str, Any]
+                     ) -> FilterCandidates:
+        """The stage for catalog `items` (DataFrame: item_id + attributes) and `popular`."""
+        item_ids = items["item_id"].to_numpy(dtype=np.int64)
+        stock, category = params["stock_column"], params["category_column"]
+        excluded = excluded_items(
             len(items),
-            items[p["stock_column"]].to_numpy() if p["stock_column"] in items else None,
-            items[p["category_column"]].to_numpy() if p["category_column"] in items else None,
-            exclude_out_of_stock=p["exclude_out_of_stock"],
-            exclude_categories=p["exclude_categories"],
+            items[stock].to_numpy() if stock in items else None,
+            items[category].to_numpy() if category in items else None,
+            exclude_out_of_stock=params["exclude_out_of_stock"],
+            exclude_categories=params["exclude_categories"],
         )
-        popular = self.arrays["popular"]
-        self.popular_allowed = popular[allowed_mask(popular[None, :], self.catalog,
-                                                    self.excluded, None)[0]]
-        n = int(p["candidates"])
-        self.inputs = [ColumnSpec("candidate_ids", "int64", (-1, n)),
-                       ColumnSpec("retrieval_scores", "float32", (-1, n)),
-                       ColumnSpec("recent_items", "int64", (-1, recent_width(self.sources)))]
-        self.width = max(n, int(p["min_candidates"]))
-        self.outputs = [ColumnSpec("filtered_ids", "int64", (-1, self.width)),
-                        ColumnSpec("filtered_scores", "float32", (-1, self.width)),
-                        ColumnSpec("refilled", "int8")]
+        allowed = allowed_mask(popular[None, :], IdLookup(item_ids), excluded, None)[0]
+        return cls(params, {"item_ids": item_ids, "excluded": excluded,
+                            "popular_allowed": popular[allowed]})
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids, scores = batch["candidate_ids"], batch["retrieval_scores"]
-        seen = batch["recent_items"] if self.params["exclude_seen"] else None
-        keep = allowed_mask(ids, self.catalog, self.excluded, seen)
+    @property
+    def width(self) -> int:
+        return max(int(self.params["candidates"]), int(self.params["min_candidates"]))
+
+    @property
+    def inputs(self):
+        n = int(self.params["candidates"])
+        return [ColumnSpec(CANDIDATE_IDS, "int64", (-1, n)),
+                ColumnSpec(RETRIEVAL_SCORES, "float32", (-1, n)),
+                ColumnSpec(RECENT_ITEMS, "int64", (-1, -1))]
+
+    @property
+    def outputs(self):
+        return [ColumnSpec(FILTERED_IDS, "int64", (-1, self.width)),
+                ColumnSpec(FILTERED_SCORES, "float32", (-1, self.width)),
+                ColumnSpec(REFILLED, "int8")]
+
+    def _open(self) -> None:
+        self.catalog = IdLookup(self.arrays["item_ids"])
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, scores = batch[CANDIDATE_IDS], batch[RETRIEVAL_SCORES]
+        seen = batch[RECENT_ITEMS] if self.params["exclude_seen"] else None
+        keep = allowed_mask(ids, self.catalog, self.arrays["excluded"], seen)
         ids, scores = pack_left(ids, scores, keep)
         ids, scores, refilled = refill_from_popular(
-            ids, scores, self.popular_allowed, seen, int(self.params["min_candidates"]))
+            ids, scores, self.arrays["popular_allowed"], seen,
+            int(self.params["min_candidates"]))
         if ids.shape[1] < self.width:
             pad = self.width - ids.shape[1]
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=PAD)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return {"filtered_ids": ids, "filtered_scores": scores.astype(np.float32),
-                "refilled": refilled.astype(np.int8)}
+        return {FILTERED_IDS: ids, FILTERED_SCORES: scores.astype(np.float32),
+                REFILLED: refilled.astype(np.int8)}

@@ -7,13 +7,27 @@ Equal scores are ordered by smaller item id, the evaluation protocol's rule.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from mstage.columns import (
+    COLD_START,
+    FALLBACK,
+    FILTERED_IDS,
+    FILTERED_SCORES,
+    ITEM_IDS,
+    PAD,
+    RANKING_SCORES,
+    REFILLED,
+    SCORES,
+    TOP_K,
+    USER_ID,
+    ColumnSpec,
+)
+from mstage.data.lookup import IdLookup
 from mstage.errors import InputError
-from mstage.pipeline.base import Catalog, StageOperator, item_table
-from mstage.pipeline.operator import ColumnSpec
-
-PAD = -1
+from mstage.pipeline.stage import Stage
 
 
 def _ordering_keys(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -98,67 +112,74 @@ def blended_score(click_probability: np.ndarray, retrieval_score: np.ndarray,
     return np.where(padded, -np.inf, key).astype(np.float32)
 
 
-class OrderCandidates(StageOperator):
+class OrderCandidates(Stage):
     """Final top-k: `topk`, `softmax` sampling, optionally capped per category.
 
     Candidates are ordered by `blended_score`: the ranker's click logit plus
     `retrieval_weight` times the retrieval score (0 orders by the ranker alone).
-    sources: `features` (item categories, for the cap). params: the [ordering] config,
-    `top_k` (default when a request has none) and `width`. Softmax draws are seeded per
-    (seed, user id), so a user's sample does not depend on who shares the batch.
+    params: the [ordering] config, `top_k` (default when a request has none) and `width`.
+    arrays (with a category cap): `item_ids` and their `categories` codes. Softmax draws are
+    seeded per (seed, user id), so a user's sample does not depend on who shares the batch.
     """
 
-    def _open(self) -> None:
-        p = self.params
-        width = int(p["width"])
-        self.inputs = [
-            ColumnSpec("user_id", "int64"),
-            ColumnSpec("filtered_ids", "int64", (-1, width)),
-            ColumnSpec("filtered_scores", "float32", (-1, width)),
-            ColumnSpec("ranking_scores", "float32", (-1, width)),
-            ColumnSpec("cold_start", "int8"),
-            ColumnSpec("refilled", "int8"),
-            ColumnSpec("top_k", "int64", optional=True),
+    @classmethod
+    def from_catalog(cls, items: Any, params: dict[str, Any]) -> OrderCandidates:
+        """The stage for catalog `items` (DataFrame); categories are kept only for a cap."""
+        arrays = {}
+        if params["category_cap"] > 0 and params["category_column"] in items:
+            import pandas as pd
+
+            codes, _ = pd.factorize(items[params["category_column"]])
+            arrays = {"item_ids": items["item_id"].to_numpy(dtype=np.int64),
+                      "categories": codes.astype(np.int64)}
+        return cls(params, arrays)
+
+    @property
+    def inputs(self):
+        width = int(self.params["width"])
+        return [
+            ColumnSpec(USER_ID, "int64"),
+            ColumnSpec(FILTERED_IDS, "int64", (-1, width)),
+            ColumnSpec(FILTERED_SCORES, "float32", (-1, width)),
+            ColumnSpec(RANKING_SCORES, "float32", (-1, width)),
+            ColumnSpec(COLD_START, "int8"),
+            ColumnSpec(REFILLED, "int8"),
+            ColumnSpec(TOP_K, "int64", optional=True),
         ]
-        self.outputs = [ColumnSpec("item_ids", "int64", (-1, -1)),
-                        ColumnSpec("scores", "float32", (-1, -1)),
-                        ColumnSpec("fallback", "int8")]
-        self.categories = None
-        if p["category_cap"] > 0:
-            items = item_table(str(self.sources["features"]), self.params["item_source"])
-            if p["category_column"] in items:
-                import pandas as pd
 
-                codes, _ = pd.factorize(items[p["category_column"]])
-                self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
-                self.categories = codes
+    @property
+    def outputs(self):
+        return [ColumnSpec(ITEM_IDS, "int64", (-1, -1)),
+                ColumnSpec(SCORES, "float32", (-1, -1)),
+                ColumnSpec(FALLBACK, "int8")]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = batch["filtered_ids"]
-        scores = blended_score(batch["ranking_scores"], batch["filtered_scores"],
-                               self.params["retrieval_weight"])
-        requested = batch.get("top_k")
-        k = int(requested.max()) if requested is not None and requested.size else \
-            int(self.params["top_k"])
+    def _open(self) -> None:
+        self.catalog = IdLookup(self.arrays["item_ids"]) if self.arrays else None
+
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        p = self.params
+        ids = batch[FILTERED_IDS]
+        scores = blended_score(batch[RANKING_SCORES], batch[FILTERED_SCORES],
+                               p["retrieval_weight"])
+        requested = batch.get(TOP_K)
+        k = int(requested.max()) if requested is not None and requested.size else int(p["top_k"])
         if k < 1:
             raise InputError(f"expected top_k >= 1, found {k}")
-        p = self.params
         if p["strategy"] == "softmax":
             out_ids, out_scores = zip(*[
                 softmax_sample(ids[r : r + 1], scores[r : r + 1], k, p["temperature"],
                                np.random.default_rng([p["seed"], int(u)]))
-                for r, u in enumerate(batch["user_id"])
+                for r, u in enumerate(batch[USER_ID])
             ], strict=True)
             out_ids, out_scores = np.concatenate(out_ids), np.concatenate(out_scores)
-        elif self.categories is not None:
-            pos, _ = self.catalog.positions(ids)
-            out_ids, out_scores = category_capped(ids, scores, k, self.categories[pos],
+        elif self.catalog is not None:
+            pos, _ = self.catalog.find(ids)
+            out_ids, out_scores = category_capped(ids, scores, k, self.arrays["categories"][pos],
                                                   p["category_cap"])
         else:
             out_ids, out_scores = top_k(ids, scores, k)
         if requested is not None:
             beyond = np.arange(k)[None, :] >= requested.reshape(-1, 1)
             out_ids[beyond], out_scores[beyond] = PAD, -np.inf
-        fallback = (batch["cold_start"] > 0) | (batch["refilled"] > 0)
-        return {"item_ids": out_ids, "scores": out_scores, "fallback": fallback.astype(np.int8)}
-
+        fallback = (batch[COLD_START] > 0) | (batch[REFILLED] > 0)
+        return {ITEM_IDS: out_ids, SCORES: out_scores, FALLBACK: fallback.astype(np.int8)}

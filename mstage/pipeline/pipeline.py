@@ -1,4 +1,4 @@
-"""Pipeline: an ordered list of operators, its wiring checked when built, run in-process.
+"""Pipeline: a Plan run in-process, each stage checked exactly as the Triton runner checks it.
 
 Each stage adds its outputs to a shared batch of columns, so a later stage can read any
 earlier column (the user features read by retrieval travel on to scoring). `run` returns
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mstage.errors import ConfigError
-from mstage.pipeline.operator import ColumnSpec, Operator, check_batch
-from mstage.pipeline.ordering import PAD
+from mstage.columns import PAD, ColumnSpec, check_batch
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import run_stage
 
 
 @dataclass(frozen=True)
@@ -26,28 +26,11 @@ class StageTiming:
     items_out: int
 
 
-def _candidate_count(batch: dict[str, np.ndarray], column: str | None) -> int:
-    if column is None or column not in batch:
-        return 0
-    return int((batch[column] != PAD).sum())
-
-
 class Pipeline:
-    """Operators run in order over one batch of requests; see the module docstring."""
+    """Runs a Plan's stages in order over one batch of requests."""
 
-    def __init__(self, stages: Sequence[tuple[str, Operator]], request: Sequence[ColumnSpec]):
-        self.stages = list(stages)
-        self.request = list(request)
-        available = {c.name: c for c in self.request}
-        for name, op in self.stages:
-            for spec in op.inputs:
-                if spec.name not in available and not spec.optional:
-                    raise ConfigError(
-                        f"stage {name!r} expects column {spec.name!r}, found only "
-                        f"{sorted(available)} upstream; check the stage order"
-                    )
-            available.update({c.name: c for c in op.outputs})
-        self.columns = available
+    def __init__(self, plan: Plan):
+        self.plan = plan
 
     def run(
         self, batch: dict[str, np.ndarray], pinned: dict[str, np.ndarray] | None = None
@@ -57,22 +40,29 @@ class Pipeline:
         `pinned` columns win over what any stage writes under the same name (offline
         evaluation pins `recent_items` to each user's train items).
         """
-        check_batch(self.request, batch, "request")
+        check_batch(self.plan.inputs, batch, "request")
         pinned = pinned or {}
         columns = dict(batch) | pinned
         timings = []
-        for name, op in self.stages:
-            inputs = {s.name: columns[s.name] for s in op.inputs if s.name in columns}
-            items_in = _candidate_count(columns, _candidates_column(op.inputs))
+        for step in self.plan.steps:
+            stage = step.stage
+            inputs = {s.name: columns[s.name] for s in stage.inputs if s.name in columns}
+            items_in = _candidate_count(columns, _candidates_column(stage.inputs))
             started = time.perf_counter()
-            out = op(inputs)
+            out = run_stage(stage, inputs, f"stage {step.name}")
             seconds = time.perf_counter() - started
             columns.update(out)
             columns.update(pinned)
-            produced = _candidates_column(op.outputs)
+            produced = _candidates_column(stage.outputs)
             items_out = items_in if produced is None else _candidate_count(out, produced)
-            timings.append(StageTiming(name, seconds, items_in, items_out))
+            timings.append(StageTiming(step.name, seconds, items_in, items_out))
         return columns, timings
+
+
+def _candidate_count(batch: dict[str, np.ndarray], column: str | None) -> int:
+    if column is None or column not in batch:
+        return 0
+    return int((batch[column] != PAD).sum())
 
 
 def _candidates_column(specs: Sequence[ColumnSpec]) -> str | None:

@@ -1,34 +1,49 @@
-"""The four-stage recommender assembled from a workspace, run in-process.
+"""The four-stage recommender: its plan built from a workspace, and the in-process runner.
 
-`Recommender.from_workspace` builds retrieval -> filtering -> scoring -> ordering from the
-published artifacts and the resolved config; the same operator objects are what
-`mstage build-ensemble` saves into the Triton repository, so both paths answer alike.
+`build_plan` turns the published artifacts and the resolved config into retrieval ->
+filtering -> scoring -> ordering without loading a model (it reads JSON, the exported item
+table and the ranker's encoders), so `mstage build-ensemble` writes a Triton repository from
+the very plan `Recommender` runs in-process. `Recommender` and the Triton client answer
+through one interface, `Recommends`, which `recommend`, `evaluate` and `bench` use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
+from mstage.columns import (
+    FALLBACK,
+    FILTERED_IDS,
+    FILTERED_SCORES,
+    ITEM_IDS,
+    PAD,
+    RANKING_SCORES,
+    RECENT_ITEMS,
+    SCORES,
+    TOP_K,
+    USER_ID,
+)
 from mstage.config import Config
 from mstage.errors import UsageError
-from mstage.pipeline.base import item_table, popularity_order
 from mstage.pipeline.filtering import FilterCandidates
-from mstage.pipeline.operator import ColumnSpec
-from mstage.pipeline.ordering import PAD, OrderCandidates
+from mstage.pipeline.ordering import OrderCandidates
 from mstage.pipeline.pipeline import Pipeline, StageTiming
+from mstage.pipeline.plan import Plan
 from mstage.pipeline.retrieval import RetrieveCandidates
 from mstage.pipeline.scoring import ScoreCandidates
 from mstage.workspace import Artifact, Workspace
 
-REQUEST = [ColumnSpec("user_id", "int64"), ColumnSpec("top_k", "int64", optional=True)]
+IN_PROCESS_BATCH = 256
+SERVED_ARTIFACTS = (Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES, Artifact.INDEX)
 
 
 @dataclass
 class Recommendations:
-    """Per user (rows): best-first item ids [b, k] (-1 padded) and ranking scores [b, k]."""
+    """Per user (rows): best-first item ids [b, k] (-1 padded), their ordering scores [b, k]
+    and whether the popularity fallback answered [b]; timings and explain in-process only."""
 
     item_ids: np.ndarray
     scores: np.ndarray
@@ -37,14 +52,26 @@ class Recommendations:
     explain: list[list[dict[str, Any]]] | None = None
 
 
-def _popular_items(items) -> np.ndarray:
-    """Item ids by the feature store's `popularity` (positive interactions), best first."""
-    return popularity_order(items["item_id"].to_numpy(np.int64), items["popularity"].to_numpy())
+class Recommends(Protocol):
+    """What answers recommendation requests: the in-process Recommender or a Triton client."""
+
+    batch_size: int  # users per call that the answerer handles best (and at most)
+
+    def recommend(self, user_ids: np.ndarray, top_k: int) -> Recommendations: ...
+
+    def close(self) -> None: ...
 
 
-def _stale_warnings(ws: Workspace) -> list[str]:
+def popularity_order(item_ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Item ids, most interacted first, ties by smaller id: the cold-start and refill order."""
+    order = np.lexsort((item_ids, -counts))
+    return np.asarray(item_ids, dtype=np.int64)[order]
+
+
+def stale_warnings(ws: Workspace, artifacts=SERVED_ARTIFACTS) -> list[str]:
+    """One warning per artifact that an upstream rebuild made stale."""
     warnings = []
-    for artifact in (Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES, Artifact.INDEX):
+    for artifact in artifacts:
         state, reason = ws.state(artifact)
         if state == "stale":
             warnings.append(f"{artifact.dirname} is stale ({reason}); "
@@ -52,79 +79,102 @@ def _stale_warnings(ws: Workspace) -> list[str]:
     return warnings
 
 
-class Recommender:
-    """retrieval -> filtering -> scoring -> ordering over one workspace's artifacts."""
+def build_plan(ws: Workspace, config: Config) -> Plan:
+    """The four stages over the workspace's artifacts for `config` (serving.candidates and
+    serving.top_k size the lists). Loads no model: imports neither TensorFlow nor Feast."""
+    from mstage.features.online import StoreSpec, exported_items
+    from mstage.models.dlrm import ENCODERS_DIR
+    from mstage.models.encoders import FeatureEncoders
 
-    def __init__(self, stages: list[tuple[str, Any]], warnings: list[str] | None = None):
-        self.stages = stages
-        self.pipeline = Pipeline(stages, REQUEST)
+    paths = {a: ws.require(a) for a in SERVED_ARTIFACTS}
+    n, k = config.serving.candidates, config.serving.top_k
+    if n < k:
+        raise UsageError(f"expected --candidates >= --top-k, found {n} < {k}; raise "
+                         "--candidates or lower --top-k")
+    items = exported_items(paths[Artifact.FEATURES]).sort_values("item_id", kind="stable")
+    items = items.reset_index(drop=True)
+    popular = popularity_order(items["item_id"].to_numpy(np.int64),
+                               items["popularity"].to_numpy())
+    encoders = FeatureEncoders.load(paths[Artifact.RANKING] / ENCODERS_DIR)
+    user_features = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
+                     for s in encoders.specs("user")]
+    retrieval = RetrieveCandidates(
+        {"candidates": n, "recent_items": StoreSpec.load(paths[Artifact.FEATURES]).recent_items,
+         "user_features": user_features},
+        {"popular": popular},
+        {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
+         "features": paths[Artifact.FEATURES], "ranking": paths[Artifact.RANKING]})
+    filtering = FilterCandidates.from_catalog(
+        items, popular, {**asdict(config.filtering), "candidates": n, "min_candidates": k})
+    scoring = ScoreCandidates.from_catalog(
+        items, encoders, {"width": filtering.width, "user_features": user_features},
+        paths[Artifact.RANKING])
+    ordering = OrderCandidates.from_catalog(
+        items, {**asdict(config.ordering), "top_k": k, "width": filtering.width})
+    return Plan([("retrieval", retrieval), ("filtering", filtering), ("scoring", scoring),
+                 ("ordering", ordering)])
+
+
+class Recommender:
+    """The plan's stages run in-process; implements `Recommends`."""
+
+    batch_size = IN_PROCESS_BATCH
+
+    def __init__(self, plan: Plan, warnings: list[str] | None = None,
+                 features_dir: Any = None):
+        self.plan = plan
+        self.pipeline = Pipeline(plan)
         self.warnings = warnings or []
-        filtering = dict(stages)["filtering"]
-        self._items = (str(filtering.sources["features"]), filtering.params["item_source"])
+        self._features_dir = features_dir
+        self._items = None
 
     @classmethod
     def from_workspace(cls, ws: Workspace, config: Config, *, candidates: int | None = None,
                        top_k: int | None = None) -> Recommender:
-        paths = {a: ws.require(a) for a in (Artifact.RETRIEVAL, Artifact.RANKING,
-                                            Artifact.FEATURES, Artifact.INDEX)}
-        serving = config.serving
-        n = candidates or serving.candidates
-        k = top_k or serving.top_k
-        if n < k:
-            raise UsageError(f"expected --candidates >= --top-k, found {n} < {k}")
-        source = serving.item_source
-        popular = {"popular": _popular_items(item_table(str(paths[Artifact.FEATURES]), source))}
-        features = paths[Artifact.FEATURES]
-        retrieval = RetrieveCandidates(
-            {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
-             "features": features, "ranking": paths[Artifact.RANKING]},
-            {"candidates": n},
-            popular)
-        filtering = FilterCandidates(
-            {"features": features},
-            {**_asdict(config.filtering), "candidates": n, "min_candidates": k,
-             "item_source": source},
-            popular)
-        width = filtering.width
-        scoring = ScoreCandidates(
-            {"ranking": paths[Artifact.RANKING], "features": features},
-            {"width": width, "item_source": source})
-        ordering = OrderCandidates(
-            {"features": features},
-            {**_asdict(config.ordering), "top_k": k, "width": width, "item_source": source})
-        stages = [("retrieval", retrieval), ("filtering", filtering), ("scoring", scoring),
-                  ("ordering", ordering)]
-        return cls(stages, _stale_warnings(ws))
+        """The workspace's recommender; `candidates`/`top_k` override config.serving."""
+        from mstage.config import override
+
+        serving = override(config.serving, candidates=candidates, top_k=top_k)
+        plan = build_plan(ws, replace(config, serving=serving))
+        return cls(plan, stale_warnings(ws), ws.path(Artifact.FEATURES))
 
     @property
     def n_items(self) -> int:
-        return len(item_table(*self._items))
+        return len(self.plan.stage("filtering").arrays["item_ids"])
 
-    def item_attributes(self, item_ids: np.ndarray):
-        """item_id + item features for display, in the order of `item_ids`."""
-        items = item_table(*self._items).set_index("item_id")
-        return items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
+    def load(self) -> Recommender:
+        """Open every stage's models now (else at the first request)."""
+        for _, stage in self.plan.stages:
+            stage.load()
+        return self
+
+    def item_attributes(self, item_ids):
+        """item_id + item features for display, in the order of `item_ids` (None without a
+        feature store)."""
+        if self._items is None:
+            from mstage.features.online import exported_items
+
+            self._items = exported_items(self._features_dir).set_index("item_id")
+        return self._items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
 
     def recommend(self, user_ids: np.ndarray, top_k: int, *,
                   seen: list[np.ndarray] | None = None, explain: bool = False) -> Recommendations:
         """Top-k for each user id (int64 [b]). `seen` replaces the feature store's recent
         items as the items to exclude (offline evaluation passes each user's train items)."""
         user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-        batch = {"user_id": user_ids, "top_k": np.full(len(user_ids), top_k, dtype=np.int64)}
-        pinned = {"recent_items": _pad_rows(seen)} if seen is not None else None
+        batch = {USER_ID: user_ids, TOP_K: np.full(len(user_ids), top_k, dtype=np.int64)}
+        pinned = {RECENT_ITEMS: pad_rows(seen)} if seen is not None else None
         columns, timings = self.pipeline.run(batch, pinned=pinned)
-        return Recommendations(columns["item_ids"], columns["scores"],
-                               columns["fallback"].astype(bool), timings,
+        return Recommendations(columns[ITEM_IDS], columns[SCORES],
+                               columns[FALLBACK].astype(bool), timings,
                                _explain(columns) if explain else None)
 
-
-def _asdict(section: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(section)
+    def close(self) -> None:
+        pass
 
 
-def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
+def pad_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Id lists -> int64 [len(rows), longest] padded with PAD."""
     width = max((len(r) for r in rows), default=0) or 1
     out = np.full((len(rows), width), PAD, dtype=np.int64)
     for i, r in enumerate(rows):
@@ -136,16 +186,16 @@ def _explain(columns: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
     """For each final item: its rank, the score it was ordered by, and that score's parts
     (retrieval score, ranking score = click probability)."""
     out = []
-    for r, row in enumerate(columns["item_ids"]):
-        position = {int(i): j for j, i in enumerate(columns["filtered_ids"][r]) if i != PAD}
+    for r, row in enumerate(columns[ITEM_IDS]):
+        position = {int(i): j for j, i in enumerate(columns[FILTERED_IDS][r]) if i != PAD}
         entries = []
         for rank, item in enumerate(row, start=1):
             if item == PAD:
                 break
             j = position[int(item)]
             entries.append({"item_id": int(item), "rank": rank,
-                            "score": float(columns["scores"][r, rank - 1]),
-                            "retrieval_score": float(columns["filtered_scores"][r, j]),
-                            "ranking_score": float(columns["ranking_scores"][r, j])})
+                            "score": float(columns[SCORES][r, rank - 1]),
+                            "retrieval_score": float(columns[FILTERED_SCORES][r, j]),
+                            "ranking_score": float(columns[RANKING_SCORES][r, j])})
         out.append(entries)
     return out

@@ -12,11 +12,20 @@ import contextlib
 
 import numpy as np
 
-from mstage.pipeline.base import StageOperator
-from mstage.pipeline.operator import ColumnSpec
-from mstage.pipeline.ordering import PAD
+from mstage.columns import (
+    CANDIDATE_IDS,
+    COLD_START,
+    PAD,
+    RECENT_ITEMS,
+    RETRIEVAL_SCORES,
+    USER_ID,
+    USER_PREFIX,
+    ColumnSpec,
+)
+from mstage.features.online import ONLINE_FILES
+from mstage.models import dlrm, two_tower
+from mstage.pipeline.stage import Stage
 
-USER_PREFIX = "user__"
 THREADED_BATCH = 32  # below this many queries, OpenMP start-up costs more than it saves
 
 
@@ -35,10 +44,34 @@ def _faiss_threads(n: int | None):
         faiss.omp_set_num_threads(before)
 
 
-class RetrieveCandidates(StageOperator):
-    """sources: `retrieval` (query tower), `index` (Faiss), `features` (Feast repository),
+def user_columns(specs: list[dict]) -> list[ColumnSpec]:
+    """The `user__<feature>` columns for the ranker's encoded user inputs (`specs` as JSON:
+    name, dtype, shape without the batch)."""
+    return [ColumnSpec(USER_PREFIX + s["name"], s["dtype"], (-1, *s["shape"])) for s in specs]
+
+
+class RetrieveCandidates(Stage):
+    """sources: `retrieval` (query tower), `index` (Faiss), `features` (online store),
     `ranking` (the ranker's encoders, for the user features passed on).
-    params: `candidates` (N). arrays: `popular` (item ids, most popular first)."""
+    params: `candidates` (N), `recent_items` (width), `user_features` (the ranker's encoded
+    user inputs). arrays: `popular` (item ids, most popular first)."""
+
+    READS = {"retrieval": two_tower.QUERY_FILES, "index": (), "features": ONLINE_FILES,
+             "ranking": (dlrm.ENCODERS_DIR,)}
+
+    @property
+    def inputs(self):
+        return [ColumnSpec(USER_ID, "int64")]
+
+    @property
+    def outputs(self):
+        n = int(self.params["candidates"])
+        return [
+            ColumnSpec(CANDIDATE_IDS, "int64", (-1, n)),
+            ColumnSpec(RETRIEVAL_SCORES, "float32", (-1, n)),
+            ColumnSpec(RECENT_ITEMS, "int64", (-1, int(self.params["recent_items"]))),
+            ColumnSpec(COLD_START, "int8"),
+        ] + user_columns(self.params["user_features"])
 
     def _open(self) -> None:
         from mstage.features.online import OnlineFeatures
@@ -49,41 +82,31 @@ class RetrieveCandidates(StageOperator):
         self.query_tower = load_query_tower(self.sources["retrieval"])
         self.index = FaissIndex.load(self.sources["index"])
         self.store = OnlineFeatures.open(self.sources["features"])
-        self.forward = FeatureEncoders.load(self.sources["ranking"] / "encoders")
-        self.n = int(self.params["candidates"])
-        self.inputs = [ColumnSpec("user_id", "int64")]
-        recent = self.store.spec.recent_items
-        self.outputs = [
-            ColumnSpec("candidate_ids", "int64", (-1, self.n)),
-            ColumnSpec("retrieval_scores", "float32", (-1, self.n)),
-            ColumnSpec("recent_items", "int64", (-1, recent)),
-            ColumnSpec("cold_start", "int8"),
-        ] + [ColumnSpec(USER_PREFIX + s.name, s.dtype, (-1, *s.shape))
-             for s in self.forward.specs("user")]
+        self.forward = FeatureEncoders.load(self.sources["ranking"] / dlrm.ENCODERS_DIR)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        user_ids = np.asarray(batch["user_id"], dtype=np.int64)
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = int(self.params["candidates"])
+        user_ids = np.asarray(batch[USER_ID], dtype=np.int64)
         features = self.store.users(user_ids)
         found = features.pop("found")
-        recent = features.pop("recent_items")
+        recent = features.pop(RECENT_ITEMS)
         known = found & (self.query_tower.encoders.user_ids.lookup(user_ids) > 0)
-        ids = np.full((len(user_ids), self.n), PAD, dtype=np.int64)
-        scores = np.full((len(user_ids), self.n), -np.inf, dtype=np.float32)
+        ids = np.full((len(user_ids), n), PAD, dtype=np.int64)
+        scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
         rows = np.flatnonzero(known)
         if rows.size:
-            known_features = {k: v[rows] for k, v in features.items()}
-            embeddings = self.query_tower(known_features)
+            embeddings = self.query_tower({k: v[rows] for k, v in features.items()})
             with _faiss_threads(1 if rows.size < THREADED_BATCH else None):
-                ids[rows], scores[rows] = self.index.search(embeddings, self.n)
+                ids[rows], scores[rows] = self.index.search(embeddings, n)
         cold = np.flatnonzero(~known)
         if cold.size:
-            popular = self.arrays["popular"][: self.n]
+            popular = self.arrays["popular"][:n]
             ids[cold, : len(popular)] = popular
             scores[cold, : len(popular)] = -np.arange(len(popular), dtype=np.float32)
         encoded = self.forward.encode_users(features)
         return {
-            "candidate_ids": ids,
-            "retrieval_scores": scores,
-            "recent_items": np.ascontiguousarray(recent, dtype=np.int64),
-            "cold_start": (~known).astype(np.int8),
+            CANDIDATE_IDS: ids,
+            RETRIEVAL_SCORES: scores,
+            RECENT_ITEMS: np.ascontiguousarray(recent, dtype=np.int64),
+            COLD_START: (~known).astype(np.int8),
         } | {USER_PREFIX + k: v for k, v in encoded.items()}

@@ -1,46 +1,66 @@
-"""Stage 3, scoring: item features for the candidates + the user's features -> DLRM clicks.
+"""Stage 3, scoring: the candidates' item features + the user's features -> DLRM clicks.
 
-Item features come from the feature store once, at load, and are held encoded in memory
-as arrays indexed by catalog position; the user's features arrive already encoded
-(`user__<feature>` columns from retrieval). Every real (user, candidate) pair of the batch
-is scored in one call of the ranker; padding gets -inf.
+The catalog's item features are encoded for the ranker when the stage is built and held as
+arrays indexed by catalog row; the user's features arrive already encoded (`user__<feature>`
+columns from retrieval). Every real (user, candidate) pair of the batch is scored in one
+call of the ranker's SavedModel; padding gets -inf.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from mstage.pipeline.base import Catalog, StageOperator, item_table
-from mstage.pipeline.operator import ColumnSpec
-from mstage.pipeline.ordering import PAD
-from mstage.pipeline.retrieval import USER_PREFIX
+from mstage.columns import FILTERED_IDS, PAD, RANKING_SCORES, USER_PREFIX, ColumnSpec
+from mstage.data.lookup import IdLookup
+from mstage.models import dlrm
+from mstage.pipeline.retrieval import user_columns
+from mstage.pipeline.stage import Stage
+
+ITEM_PREFIX = "item__"
 
 
-class ScoreCandidates(StageOperator):
-    """sources: `ranking` (DLRM SavedModel + encoders), `features` (item features).
-    params: `width` (candidate list width)."""
+class ScoreCandidates(Stage):
+    """sources: `ranking` (the DLRM SavedModel). params: `width` (candidate list width),
+    `user_features` (the ranker's encoded user inputs). arrays: `item_ids` (the catalog)
+    and `item__<feature>` (its encoded item inputs). Build it with `from_catalog`."""
+
+    READS = {"ranking": (dlrm.SAVED_MODEL_DIR,)}
+
+    @classmethod
+    def from_catalog(cls, items: Any, encoders: Any, params: dict[str, Any],
+                     ranking_dir: Any) -> ScoreCandidates:
+        """The stage for catalog `items` (DataFrame), encoded with the ranker's `encoders`."""
+        encoded = encoders.encode_items(items)
+        arrays = {"item_ids": items["item_id"].to_numpy(dtype=np.int64)} | {
+            ITEM_PREFIX + name: values for name, values in encoded.items()}
+        return cls(params, arrays, {"ranking": ranking_dir})
+
+    @property
+    def inputs(self):
+        width = int(self.params["width"])
+        return [ColumnSpec(FILTERED_IDS, "int64", (-1, width)),
+                *user_columns(self.params["user_features"])]
+
+    @property
+    def outputs(self):
+        return [ColumnSpec(RANKING_SCORES, "float32", (-1, int(self.params["width"])))]
 
     def _open(self) -> None:
-        from mstage.models.dlrm import RankingScorer
+        self.scorer = dlrm.RankingScorer.from_saved_model(self.sources["ranking"])
+        self.catalog = IdLookup(self.arrays["item_ids"])
+        self.item_features = {name.removeprefix(ITEM_PREFIX): values
+                              for name, values in self.arrays.items()
+                              if name.startswith(ITEM_PREFIX)}
 
-        self.scorer = RankingScorer.load(self.sources["ranking"])
-        items = item_table(str(self.sources["features"]), self.params["item_source"])
-        self.catalog = Catalog(items["item_id"].to_numpy(dtype=np.int64))
-        self.item_features = self.scorer.encoders.encode_items(items)
-        width = int(self.params["width"])
-        self.user_specs = self.scorer.encoders.specs("user")
-        self.inputs = [ColumnSpec("filtered_ids", "int64", (-1, width))] + [
-            ColumnSpec(USER_PREFIX + s.name, s.dtype, (-1, *s.shape)) for s in self.user_specs]
-        self.outputs = [ColumnSpec("ranking_scores", "float32", (-1, width))]
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = batch["filtered_ids"]
-        pos, known = self.catalog.positions(ids)
-        real = (ids != PAD) & known
-        rows, cols = np.nonzero(real)
+    def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = batch[FILTERED_IDS]
+        pos, known = self.catalog.find(ids)
+        rows, cols = np.nonzero((ids != PAD) & known)
         features = {name: values[pos[rows, cols]] for name, values in self.item_features.items()}
-        for spec in self.user_specs:
-            features[spec.name] = batch[USER_PREFIX + spec.name][rows]
+        for spec in self.params["user_features"]:
+            features[spec["name"]] = batch[USER_PREFIX + spec["name"]][rows]
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         scores[rows, cols] = self.scorer.score_encoded(features)
-        return {"ranking_scores": scores}
+        return {RANKING_SCORES: scores}

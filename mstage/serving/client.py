@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from mstage.columns import FALLBACK, ITEM_IDS, PAD, SCORES, TOP_K, TRITON_DTYPES, USER_ID
 from mstage.errors import ServerError, UsageError
-from mstage.pipeline.operator import TRITON_DTYPES
+from mstage.pipeline.recommender import Recommendations
 from mstage.serving.repository import ENSEMBLE
 
 PROTOCOLS = ("grpc", "http")
-PADDING_ID = -1
 
 
 class TritonClient:
@@ -137,37 +137,49 @@ class TritonClient:
 
 
 class RecommenderClient(TritonClient):
-    """Recommendations from a served mstage ensemble.
+    """Recommendations from a served mstage ensemble; implements `Recommends`.
 
-    `recommend(user_ids [B], top_k)` returns one `(item_ids, scores)` pair per user, best
-    first, with the -1 padding dropped. `top_k` travels as the `top_k` input when the
-    ensemble has one, and the lists are cut to it here either way.
+    `recommend(user_ids [B], top_k)` returns `Recommendations` as the in-process recommender
+    does (ids -1 padded, best first), cut to `top_k`. `top_k` travels as the `top_k` input
+    when the ensemble has one; requests larger than the model's max_batch_size are split.
     """
 
     def __init__(self, url: str, protocol: str = "grpc", model: str = ENSEMBLE,
                  timeout_s: float = 30.0):
         super().__init__(url, model, protocol, timeout_s)
 
-    def recommend(self, user_ids: Any, top_k: int | None = None
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-        if top_k is not None and top_k < 0:
-            raise UsageError(f"expected top_k >= 0, found {top_k}")
-        limit = int(self._config().get("max_batch_size", 0)) or len(users) or 1
-        results = []
-        for start in range(0, len(users), limit):  # Triton refuses requests over max_batch_size
-            results += self._recommend_chunk(users[start:start + limit], top_k)
-        return results
+    @property
+    def batch_size(self) -> int:
+        """Users per request: the model's max_batch_size (256 when it does not batch)."""
+        return self.max_batch_size or 256
 
-    def _recommend_chunk(self, users: np.ndarray, top_k: int | None
-                         ) -> list[tuple[np.ndarray, np.ndarray]]:
-        request = {"user_id": users}
-        if top_k is not None and "top_k" in self.input_names:
-            request["top_k"] = np.full(len(users), top_k, dtype=np.int64)
+    def recommend(self, user_ids: Any, top_k: int | None = None) -> Recommendations:
+        users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+        if top_k is not None and top_k < 1:
+            raise UsageError(f"expected top_k >= 1, found {top_k}")
+        parts = [self._recommend_chunk(users[start:start + self.batch_size], top_k)
+                 for start in range(0, len(users), self.batch_size)]
+        width = max((items.shape[1] for items, _, _ in parts), default=0)
+        return Recommendations(
+            np.concatenate([_widen(p[0], width, PAD) for p in parts]).astype(np.int64),
+            np.concatenate([_widen(p[1], width, -np.inf) for p in parts]).astype(np.float32),
+            np.concatenate([p[2] for p in parts]).astype(bool), [])
+
+    def _recommend_chunk(self, users: np.ndarray, top_k: int | None):
+        """(item ids [b, <= top_k], scores [b, <= top_k], fallback [b]) for one request."""
+        request = {USER_ID: users}
+        if top_k is not None and TOP_K in self.input_names:
+            request[TOP_K] = np.full(len(users), top_k, dtype=np.int64)
         out = self.infer(request)
-        if "item_ids" not in out or "scores" not in out:
+        if ITEM_IDS not in out or SCORES not in out:
             raise ServerError(f"expected outputs item_ids and scores from model {self.model!r} at "
-                              f"{self.address}, found {sorted(out)}")
-        items, scores = np.atleast_2d(out["item_ids"]), np.atleast_2d(out["scores"])
-        keep = items != PADDING_ID
-        return [(items[i][keep[i]][:top_k], scores[i][keep[i]][:top_k]) for i in range(len(users))]
+                              f"{self.address}, found {sorted(out)}; rebuild it with "
+                              "`mstage build-ensemble`")
+        fallback = out.get(FALLBACK, np.zeros(len(users), dtype=np.int8)).reshape(-1)
+        return (np.atleast_2d(out[ITEM_IDS])[:, :top_k], np.atleast_2d(out[SCORES])[:, :top_k],
+                fallback)
+
+
+def _widen(matrix: np.ndarray, width: int, fill: float) -> np.ndarray:
+    """Right-pad a [b, w] matrix with `fill` to `width` columns."""
+    return np.pad(matrix, ((0, 0), (0, width - matrix.shape[1])), constant_values=fill)

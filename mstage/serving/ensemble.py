@@ -1,10 +1,11 @@
-"""Build the workspace's Triton model repository from its Recommender (`mstage build-ensemble`).
+"""Build the workspace's Triton model repository from its plan (`mstage build-ensemble`).
 
 The repository is written through `Workspace.build`, so a failed build keeps the last good
-one. Each stage operator is the very object the in-process `Recommender` runs, saved with
-`save_operator` (its artifacts copied in): the repository holds no path outside itself and
-can be copied to another machine (see docs/deploy-triton.md). A final scan refuses to
-publish a repository that still names the workspace directory.
+one. Its stages are the very plan the in-process `Recommender` runs (`build_plan`), saved
+without loading a model (no TensorFlow, no Feast), each with only the artifact files it
+reads: the repository holds no path outside itself and can be copied to another machine
+(see docs/deploy-triton.md). A final scan refuses to publish a repository that still names
+the workspace directory.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from mstage.serving.repository import DEVICES, ENSEMBLE, write_repository
 from mstage.workspace import Artifact, Workspace
 
 REPOSITORY_DIR = "model_repository"
-RESPONSE_OUTPUTS = ("item_ids", "scores", "fallback")
 MODEL_PREFIX = "mstage_"  # stage models share a server's namespace with other models
 
 
@@ -72,42 +72,28 @@ def check_serving(serving: ServingConfig) -> None:
                           f"{serving.top_k}; raise --candidates or lower --top-k")
 
 
-def stale_inputs(ws: Workspace) -> list[str]:
-    """One warning per input artifact of the ensemble that is stale."""
-    warnings = []
-    for artifact in Artifact.ENSEMBLE.inputs:
-        state, reason = ws.state(artifact)
-        if state == "stale":
-            warnings.append(f"{artifact.dirname} is stale ({reason}); "
-                            f"run `mstage {artifact.command}`")
-    return warnings
-
-
 def build_ensemble(ws: Workspace, config: Config) -> EnsembleBuild:
     """Write and publish the model repository for `config.serving`'s settings.
 
     Raises ArtifactMissing (naming the command) when an input artifact is absent and
     ConfigError for unusable serving settings; stale inputs only warn.
     """
-    from mstage.pipeline.recommender import Recommender
+    from mstage.pipeline.recommender import build_plan, stale_warnings
 
     serving = config.serving
     check_serving(serving)
-    for artifact in Artifact.ENSEMBLE.inputs:
-        ws.require(artifact)
-    recommender = Recommender.from_workspace(ws, config, candidates=serving.candidates,
-                                             top_k=serving.top_k)
-    if serving.top_k > recommender.n_items:
-        raise ConfigError(f"expected --top-k <= the catalog size {recommender.n_items}, found "
+    plan = build_plan(ws, config)
+    n_items = len(plan.stage("filtering").arrays["item_ids"])
+    if serving.top_k > n_items:
+        raise ConfigError(f"expected --top-k <= the catalog size {n_items}, found "
                           f"{serving.top_k}")
-    warnings = list(dict.fromkeys(stale_inputs(ws) + list(recommender.warnings)))
+    warnings = stale_warnings(ws, Artifact.ENSEMBLE.inputs)
     with ws.build(Artifact.ENSEMBLE) as b:
         repo = b.dir / REPOSITORY_DIR
-        stages = [(MODEL_PREFIX + name, op) for name, op in recommender.stages]
-        plan = write_repository(
-            repo, stages, device=serving.device, instances=serving.instances,
-            max_batch_size=serving.max_batch_size, max_queue_delay_us=serving.batch_delay_us,
-            response_outputs=RESPONSE_OUTPUTS)
+        models = write_repository(
+            repo, plan, model_prefix=MODEL_PREFIX, device=serving.device,
+            instances=serving.instances, max_batch_size=serving.max_batch_size,
+            max_queue_delay_us=serving.batch_delay_us)
         leaks = files_naming(repo, [ws.root.resolve(), b.dir.resolve()])
         if leaks:
             raise MstageError(f"expected a self-contained model repository, found the workspace "
@@ -117,12 +103,10 @@ def build_ensemble(ws: Workspace, config: Config) -> EnsembleBuild:
         size = sum(p.stat().st_size for p in files)
         b.config = {"serving": as_dict(serving), "filtering": as_dict(config.filtering),
                     "ordering": as_dict(config.ordering)}
-        b.metrics = {"models": [s.model for s in plan.steps] + [plan.name],
-                     "files": len(files), "bytes": size}
+        b.metrics = {"models": models, "files": len(files), "bytes": size}
     return EnsembleBuild(
-        repository_path(ws), [s.model for s in plan.steps] + [plan.name], ENSEMBLE,
-        serving.device, serving.instances, serving.top_k, serving.candidates,
-        serving.max_batch_size, len(files), size, warnings)
+        repository_path(ws), models, ENSEMBLE, serving.device, serving.instances,
+        serving.top_k, serving.candidates, serving.max_batch_size, len(files), size, warnings)
 
 
 def files_naming(root: Path, paths: list[Path]) -> list[Path]:

@@ -1,11 +1,12 @@
-"""The one python-backend model every stage uses: load an operator from its directory, run it.
+"""The one python-backend model every stage uses: restore a stage from its directory, run it.
 
-Each stage's `1/model.py` is two lines calling `make_model()`. The model reads
-`1/artifacts/operator.json`, imports the class it names and calls `.load(artifacts)`. In
-`execute` it reads inputs with DLPack (with numpy 2, `as_numpy()` returns wrong values and
+Each stage's `1/model.py` is two lines calling `make_model()`. At `initialize` the model
+restores `1/artifacts/` (`Stage.restore`) and loads its models. In `execute` it reads
+inputs with DLPack (with numpy 2, `as_numpy()` returns wrong values and
 `pb_utils.Tensor(name, array)` empty outputs), concatenates the requests Triton batched
-together, runs the operator once, and splits the rows back. A bad request or a failing
-operator gets an error response naming the problem; the model and the server stay up.
+together, runs the stage once through `run_stage` (the checks the in-process pipeline
+makes), and splits the rows back. A bad request or a failing stage gets an error response
+naming the problem; the model and the server stay up.
 """
 
 from __future__ import annotations
@@ -17,31 +18,34 @@ from typing import Any
 
 import numpy as np
 
+from mstage.columns import check_batch
 from mstage.errors import MstageError
-from mstage.pipeline.operator import check_batch, load_operator
+from mstage.pipeline.stage import Stage, run_stage
 
 ARTIFACTS_DIR = "artifacts"
 CODE_DIR = "python"
 
 
 class StageRunner:
-    """Runs one operator over lists of Triton requests; `pb` is triton_python_backend_utils.
+    """Runs one stage over lists of Triton requests; `pb` is triton_python_backend_utils.
 
     Kept apart from the Triton entry point so tests can drive it with a stand-in `pb`.
     """
 
-    def __init__(self, operator: Any, stage: str):
-        self.operator = operator
+    def __init__(self, stage: Stage, model: str):
         self.stage = stage
-        self.inputs = list(operator.inputs)
-        self.outputs = list(operator.outputs)
+        self.model = model
+        self.inputs = list(stage.inputs)
+        self.outputs = list(stage.outputs)
 
     @classmethod
-    def from_version_dir(cls, version_dir: Path, stage: str) -> StageRunner:
+    def from_version_dir(cls, version_dir: Path, model: str) -> StageRunner:
         code = version_dir / CODE_DIR
         if code.is_dir() and str(code) not in sys.path:
             sys.path.insert(0, str(code))
-        return cls(load_operator(version_dir / ARTIFACTS_DIR), stage)
+        stage = Stage.restore(version_dir / ARTIFACTS_DIR)
+        stage.load()
+        return cls(stage, model)
 
     def execute(self, requests: Sequence[Any], pb: Any) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -66,34 +70,27 @@ class StageRunner:
             tensor = pb.get_input_tensor_by_name(request, spec.name)
             if tensor is not None:
                 batch[spec.name] = np.from_dlpack(tensor)
-        check_batch(self.inputs, batch, f"model {self.stage}")
+        check_batch(self.inputs, batch, f"model {self.model}")
         return batch
 
     def _run(self, batches: list[dict[str, np.ndarray]], pb: Any) -> list[Any]:
-        """Run the operator once over the concatenated batches; one response per batch."""
+        """Run the stage once over the concatenated batches; one response per batch."""
         rows = [len(next(iter(b.values()))) if b else 0 for b in batches]
         merged = batches[0] if len(batches) == 1 else {
             name: np.concatenate([b[name] for b in batches]) for name in batches[0]
         }
         try:
-            result = self.operator(merged)
-            check_batch(self.outputs, result, f"model {self.stage} output")
-            returned = {len(result[s.name]) for s in self.outputs if s.name in result}
-            if returned - {sum(rows)}:
-                raise MstageError(f"model {self.stage}: expected {sum(rows)} output rows, "
-                                  f"found {sorted(returned)}")
-            bounds = np.cumsum([0, *rows])
-            return [
-                pb.InferenceResponse(output_tensors=[
-                    pb.Tensor.from_dlpack(s.name, _exportable(result[s.name][lo:hi]))
-                    for s in self.outputs if s.name in result
-                ])
-                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-        except Exception as e:  # noqa: BLE001 - any operator failure becomes an error response
-            message = str(e) if isinstance(e, MstageError) else (
-                f"model {self.stage}: {type(e).__name__}: {e}")
-            return [_error(pb, message) for _ in batches]
+            result = run_stage(self.stage, merged, f"model {self.model}")
+        except MstageError as e:
+            return [_error(pb, str(e)) for _ in batches]
+        bounds = np.cumsum([0, *rows])
+        return [
+            pb.InferenceResponse(output_tensors=[
+                pb.Tensor.from_dlpack(s.name, _exportable(result[s.name][lo:hi]))
+                for s in self.outputs if s.name in result
+            ])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
 
 
 def _exportable(array: np.ndarray) -> np.ndarray:

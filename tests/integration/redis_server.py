@@ -2,19 +2,17 @@
 
 `run_redis_server()` starts one without persistence, waits until it answers PING (failing
 fast if the process dies), and yields its `redis://127.0.0.1:PORT` URL. The `redis_url`
-fixture skips, naming the reason, only where the binary is not installed.
+fixture (tests/integration/conftest.py) skips, naming the reason, only where the binary is
+not installed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-
-import pytest
 
 
 def free_port() -> int:
@@ -58,13 +56,3 @@ def run_redis_server(binary: str = "redis-server", timeout: float = 10.0) -> Ite
             process.kill()
             process.wait()
         process.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A running redis-server's URL for the module's tests (skipped where it is absent)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with run_redis_server(binary) as url:
-        yield url

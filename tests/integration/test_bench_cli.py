@@ -28,6 +28,9 @@ class FakeRecommender:
         self.calls.append((user_ids.tolist(), top_k))
         return np.zeros((len(user_ids), top_k), dtype=np.int64)
 
+    def close(self):
+        pass
+
 
 @pytest.fixture
 def fake_recommender(monkeypatch):

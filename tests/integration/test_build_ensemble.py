@@ -13,17 +13,16 @@ import pytest
 from pipeline_workspace import (
     copy_workspace,
     known_and_unknown_users,
-    pipeline_workspace,  # noqa: F401 - fixture
-    run_cli,
     stale_by_rebuild,
 )
 
 STAGES = ["mstage_retrieval", "mstage_filtering", "mstage_scoring", "mstage_ordering"]
 
 
-def test_repository_is_complete_and_self_contained(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_repository_is_complete_and_self_contained(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
-    result = run_cli(ws, "build-ensemble", "--json")
+    result = cli("-w", ws, "build-ensemble", "--json")
     assert result.exit_code == 0, result.stderr
     built = json.loads(result.stdout)
     repo = ws / "ensemble" / "model_repository"
@@ -31,7 +30,7 @@ def test_repository_is_complete_and_self_contained(pipeline_workspace, tmp_path)
     assert built["models"] == [*STAGES, "mstage_recommender"]
     for stage in STAGES:
         assert (repo / stage / "1" / "model.py").is_file()
-        assert (repo / stage / "1" / "artifacts" / "operator.json").is_file()
+        assert (repo / stage / "1" / "artifacts" / "stage.json").is_file()
         assert "kind: KIND_CPU" in (repo / stage / "config.pbtxt").read_text()
     ensemble = (repo / "mstage_recommender" / "config.pbtxt").read_text()
     assert 'platform: "ensemble"' in ensemble
@@ -45,29 +44,31 @@ def test_repository_is_complete_and_self_contained(pipeline_workspace, tmp_path)
                and any(n in p.read_bytes() for n in needles)]
     assert leaking == []
 
-    status = json.loads(run_cli(ws, "status", "--json").stdout)
+    status = json.loads(cli("-w", ws, "status", "--json").stdout)
     assert {a["artifact"]: a["state"] for a in status["artifacts"]}["ensemble"] == "ready"
 
 
+@pytest.mark.slow
 def test_moved_repository_answers_like_the_in_process_recommender(
-        pipeline_workspace, tmp_path):  # noqa: F811
+        cli, pipeline_workspace, tmp_path):
     """The operators saved in a copy of the repository, with the workspace deleted, give the
     same recommendations as the Recommender built from the workspace."""
     from mstage.config import load_config
-    from mstage.pipeline.operator import load_operator
     from mstage.pipeline.pipeline import Pipeline
-    from mstage.pipeline.recommender import REQUEST, Recommender
+    from mstage.pipeline.plan import Plan
+    from mstage.pipeline.recommender import Recommender
+    from mstage.pipeline.stage import Stage
     from mstage.workspace import Workspace
 
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
-    assert run_cli(ws, "build-ensemble", "--top-k", "5").exit_code == 0
+    assert cli("-w", ws, "build-ensemble", "--top-k", "5").exit_code == 0
     moved = shutil.copytree(ws / "ensemble" / "model_repository", tmp_path / "elsewhere")
     shutil.rmtree(ws)
 
-    stages = [(name, load_operator(moved / name / "1" / "artifacts")) for name in STAGES]
+    stages = [(name, Stage.restore(moved / name / "1" / "artifacts")) for name in STAGES]
     users, unknown = known_and_unknown_users(pipeline_workspace)
     batch = np.array([*users[:5], unknown], dtype=np.int64)
-    served, _ = Pipeline(stages, REQUEST).run({"user_id": batch})
+    served, _ = Pipeline(Plan(stages)).run({"user_id": batch})
     workspace = Workspace(pipeline_workspace)
     expected = Recommender.from_workspace(workspace, load_config(workspace.config_path),
                                           top_k=5).recommend(batch, 5)
@@ -76,40 +77,43 @@ def test_moved_repository_answers_like_the_in_process_recommender(
     assert served["fallback"].astype(bool).tolist() == [False] * 5 + [True]
 
 
-def test_options_reach_the_configs_and_manifest(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_options_reach_the_configs_and_manifest(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
-    result = run_cli(ws, "build-ensemble", "--device", "gpu", "--instances", "2",
-                     "--top-k", "7", "--candidates", "40")
+    result = cli("-w", ws, "build-ensemble", "--device", "gpu", "--instances", "2",
+                 "--top-k", "7", "--candidates", "40")
     assert result.exit_code == 0, result.stderr
     assert "mstage_recommender" in result.stdout and "model_repository" in result.stdout
     repo = ws / "ensemble" / "model_repository"
     for stage in STAGES:
         config = (repo / stage / "config.pbtxt").read_text()
         assert "kind: KIND_GPU" in config and "count: 2" in config
-    retrieval = json.loads((repo / "mstage_retrieval/1/artifacts/operator.json").read_text())
+    retrieval = json.loads((repo / "mstage_retrieval/1/artifacts/stage.json").read_text())
     candidates = next(c for c in retrieval["outputs"] if c["name"] == "candidate_ids")
     assert candidates["shape"] == [-1, 40]
-    ordering = json.loads((repo / "mstage_ordering/1/artifacts/params.json").read_text())
-    assert ordering["top_k"] == 7
+    ordering = json.loads((repo / "mstage_ordering/1/artifacts/stage.json").read_text())
+    assert ordering["params"]["top_k"] == 7
     record = json.loads((ws / "manifest.json").read_text())["artifacts"]["ensemble"]
     assert record["config"]["serving"]["device"] == "gpu"
     assert record["config"]["serving"]["candidates"] == 40
     assert record["metrics"]["models"][-1] == "mstage_recommender"
 
 
-def test_stale_input_warns_but_builds(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_stale_input_warns_but_builds(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     stale_by_rebuild(ws, "retrieval")  # the index was built from the previous retrieval
-    result = run_cli(ws, "build-ensemble")
+    result = cli("-w", ws, "build-ensemble")
     assert result.exit_code == 0, result.stderr
     assert "warning: index is stale (retrieval changed since this was built); run `mstage " \
            "build-index`" in " ".join(result.stderr.split())
 
 
-def test_missing_artifact_names_the_command(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_missing_artifact_names_the_command(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     shutil.rmtree(ws / "features")
-    result = run_cli(ws, "build-ensemble")
+    result = cli("-w", ws, "build-ensemble")
     assert result.exit_code == 2
     assert "run `mstage export-features` first" in result.stderr
     assert "Traceback" not in result.stderr

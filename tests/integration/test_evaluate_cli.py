@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
 from mstage.workspace import Artifact, Workspace
 
@@ -23,9 +23,7 @@ RANKING = ["--epochs", "6", "--embedding-dim", "8"]
 
 
 def _run(*args: str) -> str:
-    from mstage.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = run_cli(*args)
     assert result.exit_code == 0, f"{args[:3]}: {result.stderr}"
     return result.stdout
 
@@ -116,11 +114,9 @@ def test_sampled_users_and_rendered_table(built):
         assert text in stdout
 
 
-def test_other_split_than_training_is_warned(built):
-    from mstage.cli.main import app
-
-    result = CliRunner().invoke(app, ["--workspace", str(built), "evaluate", "--split", "global",
-                                      "--users", "30", "--k", "10", "--json"])
+def test_other_split_than_training_is_warned(cli, built):
+    result = cli("--workspace", built, "evaluate", "--split", "global", "--users", "30",
+                 "--k", "10", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["split"] == "global"
     warning = " ".join(result.stderr.split())

@@ -7,27 +7,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runner import run_cli, run_python
 from feature_data import publish_prepared, tables
-from redis_server import free_port, redis_url  # noqa: F401 - fixture
-from typer.testing import CliRunner
+from redis_server import free_port
 
 import mstage.features.store as feature_store
 from mstage.errors import ArtifactMissing
 from mstage.features.online import OnlineFeatures
 from mstage.workspace import Artifact, Workspace
-
-
-def run_cli(*args: str):
-    from mstage.cli.main import app
-
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def export(workspace: Path, *options: str) -> dict:
@@ -45,7 +37,7 @@ def sqlite_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def redis_store(tmp_path_factory, redis_url):  # noqa: F811 - fixture
+def redis_store(tmp_path_factory, redis_url):
     root = tmp_path_factory.mktemp("redis") / "ws"
     publish_prepared(root)
     return root, export(root, "--online-store", redis_url, "--recent-items", "3")
@@ -104,14 +96,15 @@ def test_online_features_serve_the_source_rows(sqlite_store):
         online.all_items(source="cache")
 
 
-def test_table_output_shows_the_read_back_counts(tmp_path):
+def test_table_output_shows_the_read_back_counts(cli, tmp_path):
     publish_prepared(tmp_path / "ws")
-    result = run_cli("-w", tmp_path / "ws", "export-features")
+    result = cli("-w", tmp_path / "ws", "export-features")
     assert result.exit_code == 0, result.stderr
     assert "users read back" in result.stdout and "4/4 match" in result.stdout
     assert "Materializing" not in result.stdout
 
 
+@pytest.mark.slow
 def test_a_copied_store_opens_in_another_process_and_in_feast_cli(sqlite_store, tmp_path):
     root, _ = sqlite_store
     copy = tmp_path / "elsewhere" / "features"
@@ -120,8 +113,7 @@ def test_a_copied_store_opens_in_another_process_and_in_feast_cli(sqlite_store, 
             "u = OnlineFeatures.open(sys.argv[1]).users(np.array([1, 99])); "
             "print(json.dumps({'found': u['found'].tolist(), "
             "'recent': u['recent_items'].tolist()}))")
-    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True,
-                         text=True, check=True, cwd=tmp_path)
+    out = run_python("-c", code, copy, cwd=tmp_path)
     assert json.loads(out.stdout) == {"found": [True, False], "recent": [[10, 11, -1],
                                                                         [-1, -1, -1]]}
     # Feast's own CLI (the `feast` entry point, run in-process to save a second Feast import)
@@ -133,7 +125,7 @@ def test_a_copied_store_opens_in_another_process_and_in_feast_cli(sqlite_store, 
     assert "user_features" in views.stdout and "item_features" in views.stdout
 
 
-def test_failed_materialize_keeps_the_previous_store_serving(tmp_path, monkeypatch):
+def test_failed_materialize_keeps_the_previous_store_serving(cli, tmp_path, monkeypatch):
     root = tmp_path / "ws"
     publish_prepared(root)
     before = export(root, "--recent-items", "3")
@@ -142,7 +134,7 @@ def test_failed_materialize_keeps_the_previous_store_serving(tmp_path, monkeypat
         raise RuntimeError("disk full [simulated]")
 
     monkeypatch.setattr(feature_store, "materialize", broken)
-    result = run_cli("-w", root, "export-features", "--recent-items", "3")
+    result = cli("-w", root, "export-features", "--recent-items", "3")
     assert result.exit_code == 1
     assert "expected Feast to materialize the features into the sqlite online store" in (
         result.stderr)
@@ -153,7 +145,7 @@ def test_failed_materialize_keeps_the_previous_store_serving(tmp_path, monkeypat
     assert_serves_the_tiny_data(OnlineFeatures.open(root / "features"))
 
 
-def test_a_store_serving_other_values_fails_the_read_back(tmp_path, monkeypatch):
+def test_a_store_serving_other_values_fails_the_read_back(cli, tmp_path, monkeypatch):
     root = tmp_path / "ws"
     publish_prepared(root)
     real_materialize = feature_store.materialize
@@ -165,7 +157,7 @@ def test_a_store_serving_other_values_fails_the_read_back(tmp_path, monkeypatch)
             "in_stock": [0.0], "tags": [[]], "popularity": [2.0], "event_timestamp": [as_of]}))
 
     monkeypatch.setattr(feature_store, "materialize", corrupting)
-    result = run_cli("-w", root, "export-features")
+    result = cli("-w", root, "export-features")
     assert result.exit_code == 1
     assert "expected the online store to serve the exported rows, found mismatches " \
            "(users 4/4, items 3/4; first: item_id 11: category)" in result.stderr
@@ -213,7 +205,8 @@ def test_unreachable_redis_fails_before_writing_anything(cli, isolated_workspace
 
 
 # Redis --------------------------------------------------------------------------------------
-def test_redis_export_reads_back_every_row(redis_store, redis_url):  # noqa: F811
+@pytest.mark.slow
+def test_redis_export_reads_back_every_row(redis_store, redis_url):
     root, payload = redis_store
     assert payload["online_store"] == redis_url
     assert payload["read_back"] == {"users_checked": 4, "users_matched": 4,
@@ -223,8 +216,9 @@ def test_redis_export_reads_back_every_row(redis_store, redis_url):  # noqa: F81
     assert_serves_the_tiny_data(OnlineFeatures.open(root / "features"))
 
 
+@pytest.mark.slow
 def test_redis_failure_deletes_its_own_keys_and_keeps_the_old_ones(
-        redis_store, redis_url, monkeypatch):  # noqa: F811
+        cli, redis_store, redis_url, monkeypatch):
     root, payload = redis_store
     written = []
 
@@ -235,7 +229,7 @@ def test_redis_failure_deletes_its_own_keys_and_keeps_the_old_ones(
 
     real_materialize = feature_store.materialize
     monkeypatch.setattr(feature_store, "materialize", half_done)
-    result = run_cli("-w", root, "export-features", "--online-store", redis_url)
+    result = cli("-w", root, "export-features", "--online-store", redis_url)
     assert result.exit_code == 1
     assert "RuntimeError: connection reset" in result.stderr
     assert written and written[0] != payload["project"]
@@ -244,7 +238,8 @@ def test_redis_failure_deletes_its_own_keys_and_keeps_the_old_ones(
     assert_serves_the_tiny_data(OnlineFeatures.open(root / "features"))
 
 
-def test_redis_rebuild_replaces_the_previous_keys(redis_store, redis_url):  # noqa: F811
+@pytest.mark.slow
+def test_redis_rebuild_replaces_the_previous_keys(redis_store, redis_url):
     root, first = redis_store
     second = export(root, "--online-store", redis_url, "--recent-items", "3")
     assert second["project"] != first["project"]

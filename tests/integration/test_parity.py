@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_workspace import (
-    copy_workspace,
-    known_and_unknown_users,
-    pipeline_workspace,  # noqa: F401 - fixture
-    run_cli,
-)
+from cli_runner import run_cli, run_mstage_process, run_python
+from pipeline_workspace import copy_workspace, known_and_unknown_users
 
 from mstage.serving.server import (
     free_ports,
@@ -49,12 +43,12 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tritonserver_binary, pipeline_workspace, tmp_path_factory):  # noqa: F811
+def served(tritonserver_binary, pipeline_workspace, tmp_path_factory):
     ws = copy_workspace(pipeline_workspace, tmp_path_factory.mktemp("parity") / "ws")
-    built = run_cli(ws, "build-ensemble", "--json")
+    built = run_cli("-w", ws, "build-ensemble", "--json")
     assert built.exit_code == 0, built.stderr
     http_port, grpc_port = free_ports(2)
-    started = run_cli(ws, "serve", "--detach", "--json", "--http-port", http_port,
+    started = run_cli("-w", ws, "serve", "--detach", "--json", "--http-port", http_port,
                       "--grpc-port", grpc_port, "--ready-timeout", "300")
     assert started.exit_code == 0, started.stderr + log_tail(ws / "logs" / "tritonserver.log")
     endpoints = json.loads(started.stdout)
@@ -62,13 +56,13 @@ def served(tritonserver_binary, pipeline_workspace, tmp_path_factory):  # noqa: 
         yield Served(ws, endpoints["pid"], endpoints["grpc"], endpoints["http"],
                      json.loads(built.stdout)["max_batch_size"])
     finally:
-        run_cli(ws, "stop")
+        run_cli("-w", ws, "stop")
         if is_tritonserver(endpoints["pid"]):
             stop_process_group(endpoints["pid"])
 
 
 @pytest.fixture(scope="module")
-def users(pipeline_workspace) -> list[int]:  # noqa: F811
+def users(pipeline_workspace) -> list[int]:
     """29 known users and one unknown (its answer must be the popularity fallback)."""
     known, unknown = known_and_unknown_users(pipeline_workspace)
     return known[::7][:29] + [unknown]
@@ -84,18 +78,17 @@ def _answers(result) -> dict[int, dict]:
 def in_process(served, users, tmp_path_factory) -> dict[int, dict]:
     ids = tmp_path_factory.mktemp("ids") / "users.txt"
     ids.write_text("\n".join(map(str, users)) + "\n")
-    return _answers(run_cli(served.ws, "recommend", "--user-ids-file", ids, "--top-k", TOP_K,
-                            "--json"))
+    return _answers(run_cli("-w", served.ws, "recommend", "--user-ids-file", ids,
+                            "--top-k", TOP_K, "--json"))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_server_gives_the_in_process_items_and_scores(served, users, in_process, protocol,
+def test_server_gives_the_in_process_items_and_scores(cli, served, users, in_process, protocol,
                                                       tmp_path):
     ids = tmp_path / "users.txt"
     ids.write_text("\n".join(map(str, users)) + "\n")
-    remote = _answers(run_cli(served.ws, "recommend", "--user-ids-file", ids, "--top-k", TOP_K,
-                              "--server", served.url(protocol), "--protocol", protocol,
-                              "--json"))
+    remote = _answers(cli("-w", served.ws, "recommend", "--user-ids-file", ids, "--top-k", TOP_K,
+                          "--server", served.url(protocol), "--protocol", protocol, "--json"))
     assert list(remote) == users
     for user in users:
         local, served_answer = in_process[user], remote[user]
@@ -107,17 +100,16 @@ def test_server_gives_the_in_process_items_and_scores(served, users, in_process,
     assert sum(a["fallback"] for a in remote.values()) >= 1
 
 
-def test_doc_snippet_runs_as_written(served, in_process, users):
+def test_doc_snippet_runs_as_written(cli, served, in_process, users):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     [snippet] = [b for b in blocks if "tritonclient" in b]
     assert not re.search(r"^\s*(import|from)\s+mstage", snippet, re.M)  # plain tritonclient
-    done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
-                          timeout=120, env={"TRITON_GRPC_URL": served.grpc, "PATH": ""})
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", snippet, timeout=120,
+                      env={"TRITON_GRPC_URL": served.grpc, "PATH": ""})
     printed = dict(re.findall(r"user (\d+): items (\[[^\]]*\])", done.stdout))
     assert sorted(printed) == ["42", "7"]
-    expected = _answers(run_cli(served.ws, "recommend", "--user-ids-file", "-", "--top-k", "5",
-                                "--json", input="42\n7\n"))
+    expected = _answers(cli("-w", served.ws, "recommend", "--user-ids-file", "-", "--top-k", "5",
+                            "--json", input="42\n7\n"))
     for user, items in printed.items():
         assert json.loads(items) == expected[int(user)]["item_ids"]
 
@@ -163,38 +155,37 @@ def test_malformed_request_names_the_input_and_server_stays_up(served, arrays, m
     assert ok.as_numpy("item_ids").shape == (1, TOP_K)
 
 
-def test_recommend_server_human_output(served, users):
-    result = run_cli(served.ws, "recommend", "--user-id", users[-1], "--top-k", "3",
-                     "--server", served.grpc)
+def test_recommend_server_human_output(cli, served, users):
+    result = cli("-w", served.ws, "recommend", "--user-id", users[-1], "--top-k", "3",
+                 "--server", served.grpc)
     assert result.exit_code == 0, result.stderr
     assert f"user {users[-1]}  fallback (popular items)" in result.stdout
     assert "category" in result.stdout  # attributes from the workspace's feature store
 
 
-def test_server_stopped_mid_batch_keeps_the_answers_and_lists_the_rest(served, monkeypatch,
-                                                                       pipeline_workspace,  # noqa: F811
+def test_server_stopped_mid_batch_keeps_the_answers_and_lists_the_rest(cli, served, monkeypatch,
+                                                                       pipeline_workspace,
                                                                        tmp_path):
     """Runs last: `mstage stop` (a separate process) ends the server after the first chunk."""
-    from mstage.cli import recommend as recommend_module
+    from mstage.serving.client import RecommenderClient
 
     known, _ = known_and_unknown_users(pipeline_workspace)
     batch = known[: served.max_batch_size + 36]
     ids = tmp_path / "users.txt"
     ids.write_text("\n".join(map(str, batch)) + "\n")
-    original = recommend_module.FromServer.__call__
+    original = RecommenderClient.recommend
     stops = []
 
-    def answer_then_stop(self, chunk):
-        answers = original(self, chunk)
+    def answer_then_stop(self, users, top_k=None):
+        answers = original(self, users, top_k)
         if not stops:
-            stops.append(subprocess.run(
-                [sys.executable, "-m", "mstage", "--workspace", str(served.ws), "stop", "--json"],
-                capture_output=True, text=True, timeout=120))
+            stops.append(run_mstage_process("--workspace", served.ws, "stop", "--json",
+                                            check=False, timeout=120))
         return answers
 
-    monkeypatch.setattr(recommend_module.FromServer, "__call__", answer_then_stop)
-    result = run_cli(served.ws, "recommend", "--user-ids-file", ids, "--server", served.grpc,
-                     "--json")
+    monkeypatch.setattr(RecommenderClient, "recommend", answer_then_stop)
+    result = cli("-w", served.ws, "recommend", "--user-ids-file", ids, "--server", served.grpc,
+                 "--json")
     monkeypatch.undo()
 
     [stopped] = stops
@@ -212,7 +203,7 @@ def test_server_stopped_mid_batch_keeps_the_answers_and_lists_the_rest(served, m
            f"{served.grpc} stopped answering (user ids: {', '.join(map(str, rest))})" in stderr
     assert "Traceback" not in result.stderr
 
-    again = run_cli(served.ws, "recommend", "--user-id", batch[0], "--server", served.grpc)
+    again = cli("-w", served.ws, "recommend", "--user-id", batch[0], "--server", served.grpc)
     assert again.exit_code == 1
     assert f"expected a Triton server at grpc://{served.grpc}, found none answering" in \
         " ".join(again.stderr.split())

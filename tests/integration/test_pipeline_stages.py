@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from pipeline_workspace import known_and_unknown_users, pipeline_workspace
+from pipeline_workspace import known_and_unknown_users
 
 from mstage.config import Config, FilteringConfig
-from mstage.pipeline.operator import load_operator, save_operator
-from mstage.pipeline.ordering import PAD, blended_score, top_k
+from mstage.columns import PAD
+from mstage.pipeline.ordering import blended_score, top_k
 from mstage.pipeline.recommender import Recommender
+from mstage.pipeline.stage import Stage
 from mstage.workspace import Workspace
 
-__all__ = ["pipeline_workspace"]
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +29,7 @@ def users(pipeline_workspace):
 
 
 def stage(recommender, name):
-    return dict(recommender.stages)[name]
+    return recommender.plan.stage(name)
 
 
 def test_retrieval_is_exact_inner_product_top_n(recommender, users, pipeline_workspace):
@@ -107,9 +107,9 @@ def test_ordering_is_top_k_of_ranking_scores(recommender, users):
 def test_saved_stages_load_anywhere_and_answer_alike(recommender, users, tmp_path):
     columns, _ = recommender.pipeline.run({"user_id": users})
     batch = dict(columns)
-    for name, op in recommender.stages:
-        save_operator(op, tmp_path / name)
-        copy = load_operator(tmp_path / name)
+    for name, op in recommender.plan.stages:
+        op.save(tmp_path / name)
+        copy = Stage.restore(tmp_path / name)
         fresh = copy({s.name: batch[s.name] for s in copy.inputs if s.name in batch})
         expected = op({s.name: batch[s.name] for s in op.inputs if s.name in batch})
         for key, value in expected.items():

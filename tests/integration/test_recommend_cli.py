@@ -14,8 +14,6 @@ from pipeline_workspace import (
     ITEMS,
     copy_workspace,
     known_and_unknown_users,
-    pipeline_workspace,  # noqa: F401 - fixture
-    run_cli,
     stale_by_rebuild,
 )
 
@@ -36,13 +34,14 @@ def _batch_text(ws) -> tuple[str, list[int]]:
     return text, [users[0], unknown, users[1]]
 
 
-def test_batch_file_json_answers_valid_lines_and_reports_the_rest(pipeline_workspace,  # noqa: F811
+@pytest.mark.slow
+def test_batch_file_json_answers_valid_lines_and_reports_the_rest(cli, pipeline_workspace,
                                                                   tmp_path):
     text, expected_users = _batch_text(pipeline_workspace)
     ids_file = tmp_path / "users.txt"
     ids_file.write_text(text)
-    result = run_cli(pipeline_workspace, "recommend", "--user-ids-file", ids_file,
-                     "--top-k", "5", "--json")
+    result = cli("-w", pipeline_workspace, "recommend", "--user-ids-file", ids_file,
+                 "--top-k", "5", "--json")
     assert result.exit_code == 0, result.stderr
     answers = _lines(result.stdout)
     assert [a["user_id"] for a in answers] == expected_users
@@ -60,10 +59,11 @@ def test_batch_file_json_answers_valid_lines_and_reports_the_rest(pipeline_works
     assert "line 4" not in stderr and "line 5" not in stderr  # blank line, comment
 
 
-def test_stdin_human_tables_with_attributes_fallback_and_explain(pipeline_workspace):  # noqa: F811
+@pytest.mark.slow
+def test_stdin_human_tables_with_attributes_fallback_and_explain(cli, pipeline_workspace):
     text, expected_users = _batch_text(pipeline_workspace)
-    result = run_cli(pipeline_workspace, "recommend", "--user-ids-file", "-", "--top-k", "3",
-                     "--explain", input=text)
+    result = cli("-w", pipeline_workspace, "recommend", "--user-ids-file", "-", "--top-k", "3",
+                 "--explain", input=text)
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     for user in expected_users:
@@ -77,10 +77,11 @@ def test_stdin_human_tables_with_attributes_fallback_and_explain(pipeline_worksp
         " ".join(result.stderr.split())
 
 
-def test_single_user_explain_json_is_consistent(pipeline_workspace):  # noqa: F811
+@pytest.mark.slow
+def test_single_user_explain_json_is_consistent(cli, pipeline_workspace):
     users, _ = known_and_unknown_users(pipeline_workspace)
-    result = run_cli(pipeline_workspace, "recommend", "--user-id", users[2], "--top-k", "4",
-                     "--candidates", "30", "--explain", "--json")
+    result = cli("-w", pipeline_workspace, "recommend", "--user-id", users[2], "--top-k", "4",
+                 "--candidates", "30", "--explain", "--json")
     assert result.exit_code == 0, result.stderr
     [answer] = _lines(result.stdout)
     assert answer["user_id"] == users[2] and answer["fallback"] is False
@@ -100,30 +101,33 @@ def test_single_user_explain_json_is_consistent(pipeline_workspace):  # noqa: F8
     assert blended == pytest.approx(answer["scores"], rel=1e-4)
 
 
-def test_top_k_above_the_catalog_is_a_usage_error(pipeline_workspace):  # noqa: F811
-    result = run_cli(pipeline_workspace, "recommend", "--user-id", "1",
-                     "--top-k", ITEMS + 1, "--candidates", ITEMS + 50)
+@pytest.mark.slow
+def test_top_k_above_the_catalog_is_a_usage_error(cli, pipeline_workspace):
+    result = cli("-w", pipeline_workspace, "recommend", "--user-id", "1",
+                 "--top-k", ITEMS + 1, "--candidates", ITEMS + 50)
     assert result.exit_code == 2
     assert f"expected --top-k <= the catalog size {ITEMS}, found {ITEMS + 1}" in result.stderr
 
 
-def test_stale_artifacts_warn_and_still_answer(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_stale_artifacts_warn_and_still_answer(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     stale_by_rebuild(ws, "retrieval")
     users, _ = known_and_unknown_users(ws)
-    result = run_cli(ws, "recommend", "--user-id", users[0], "--json")
+    result = cli("-w", ws, "recommend", "--user-id", users[0], "--json")
     assert result.exit_code == 0, result.stderr
     assert len(_lines(result.stdout)[0]["item_ids"]) == 10  # serving.top_k
     assert "warning: index is stale (retrieval changed since this was built); run `mstage " \
            "build-index`" in " ".join(result.stderr.split())
 
 
-def test_missing_artifact_names_the_command(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_missing_artifact_names_the_command(cli, pipeline_workspace, tmp_path):
     import shutil
 
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     shutil.rmtree(ws / "index")
-    result = run_cli(ws, "recommend", "--user-id", "1")
+    result = cli("-w", ws, "recommend", "--user-id", "1")
     assert result.exit_code == 2
     assert "expected the index artifact" in result.stderr
     assert "run `mstage build-index` first" in result.stderr
@@ -136,15 +140,16 @@ def test_empty_workspace_names_the_first_missing_step(cli):
     assert "run `mstage train-retrieval` first" in result.stderr
 
 
-def test_seed_makes_softmax_ordering_repeatable(pipeline_workspace, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_seed_makes_softmax_ordering_repeatable(cli, pipeline_workspace, tmp_path):
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     with open(ws / "mstage.toml", "a") as f:
         f.write('\n[ordering]\nstrategy = "softmax"\ntemperature = 100.0\n')
     users, _ = known_and_unknown_users(ws)
 
     def items(seed: int) -> list[int]:
-        result = run_cli(ws, "recommend", "--user-id", users[0], "--top-k", "10",
-                         "--seed", seed, "--json")
+        result = cli("-w", ws, "recommend", "--user-id", users[0], "--top-k", "10",
+                     "--seed", seed, "--json")
         assert result.exit_code == 0, result.stderr
         return _lines(result.stdout)[0]["item_ids"]
 

@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from cli_runner import run_cli
 
 from mstage.workspace import Artifact, Workspace
 
@@ -15,9 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _mstage(*args):
-    from mstage.cli.main import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = run_cli(*args)
     assert result.exit_code == 0, result.stderr
     return result
 
@@ -118,7 +116,7 @@ def test_nan_loss_stops_and_keeps_the_previous_model(copied_ws, cli):
 
 
 def test_interruption_keeps_the_previous_model(copied_ws, cli, monkeypatch):
-    from mstage.models import ranking
+    from mstage.training import ranking
 
     def interrupted(self, rng):
         raise KeyboardInterrupt

@@ -92,13 +92,16 @@ def test_interrupt_mid_training_keeps_previous_artifact(cli, prepared, monkeypat
     before = ws.record(Artifact.RETRIEVAL)["fingerprint"]
     from mstage.models import two_tower
 
-    original = two_tower.TwoTower.fit
+    original = two_tower.TowerTrainer.epoch
+    epochs = []
 
-    def interrupted(self, user_rows, item_rows, epochs, fit, *args, **kwargs):
-        original(self, user_rows, item_rows, 1, fit)  # one real epoch, then Ctrl-C
-        raise KeyboardInterrupt
+    def interrupted(self):
+        if epochs:  # one real epoch, then Ctrl-C
+            raise KeyboardInterrupt
+        epochs.append(original(self))
+        return epochs[0]
 
-    monkeypatch.setattr(two_tower.TwoTower, "fit", interrupted)
+    monkeypatch.setattr(two_tower.TowerTrainer, "epoch", interrupted)
     result = cli("train-retrieval", *FAST)
     assert result.exit_code == 130
     assert "interrupted" in result.stderr

@@ -37,17 +37,18 @@ def test_recommend_round_trip_gives_exact_items_and_scores(toy_server, protocol)
         two = client.recommend(np.array([1, 2]), top_k=2)
         default = client.recommend([7])
         wide = client.recommend([3], top_k=10)
-    assert [r[0].tolist() for r in two] == [[102, 101], [202, 201]]
-    np.testing.assert_allclose(two[0][1], [0.2, 0.1], rtol=1e-6)
-    assert default[0][0].tolist() == [702, 701, 704]  # default_k = 3
-    np.testing.assert_allclose(default[0][1], [0.2, 0.1, 0.1], rtol=1e-6)
-    assert wide[0][0].tolist() == [302, 301, 304, 300, 303]  # only 5 candidates exist
+    assert two.item_ids.tolist() == [[102, 101], [202, 201]]
+    np.testing.assert_allclose(two.scores[0], [0.2, 0.1], rtol=1e-6)
+    assert default.item_ids[0].tolist() == [702, 701, 704]  # default_k = 3
+    np.testing.assert_allclose(default.scores[0], [0.2, 0.1, 0.1], rtol=1e-6)
+    assert wide.item_ids[0].tolist() == [302, 301, 304, 300, 303]  # only 5 candidates exist
+    assert two.fallback.tolist() == [False, False]  # the toy ensemble has no fallback output
 
 
 def test_more_users_than_max_batch_size_are_sent_in_chunks(toy_server):
     with RecommenderClient(toy_server.endpoints.http_url, "http") as client:
         results = client.recommend(np.arange(150), top_k=1)  # max_batch_size is 64
-    assert [r[0].tolist() for r in results] == [[u * 100 + 2] for u in range(150)]
+    assert results.item_ids.tolist() == [[u * 100 + 2] for u in range(150)]
 
 
 def test_mixed_top_k_in_one_request_pads_then_client_trims(toy_server):
@@ -63,7 +64,7 @@ def test_concurrent_requests_are_batched_and_split_back_correctly(toy_server):
 
     def ask(user: int) -> list[int]:
         with RecommenderClient(toy_server.endpoints.grpc_url) as client:  # one client per thread
-            return client.recommend([user], top_k=1)[0][0].tolist()
+            return client.recommend([user], top_k=1).item_ids[0].tolist()
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(ask, range(1, 33)))
@@ -87,7 +88,7 @@ def _raw_infer(server, model, arrays):
 
 def _assert_still_serving(server):
     with RecommenderClient(server.endpoints.grpc_url) as client:
-        assert client.recommend([5], top_k=1)[0][0].tolist() == [502]
+        assert client.recommend([5], top_k=1).item_ids[0].tolist() == [502]
 
 
 def test_wrong_dtype_from_raw_client_names_the_input_and_server_stays_up(toy_server):
@@ -122,6 +123,23 @@ def test_operator_failure_is_an_error_response_and_server_stays_up(toy_server):
     _assert_still_serving(toy_server)
 
 
+def test_a_stage_returning_a_wrong_dtype_fails_alike_in_process_and_in_triton(toy_server):
+    from toy_operators import wrong_dtype_plan
+
+    from mstage.errors import InputError
+    from mstage.pipeline.pipeline import Pipeline
+
+    expected = "output: expected 'scores' (float32, shape [-1, 5]), found float64 [2, 5]"
+    with pytest.raises(InputError) as in_process:
+        Pipeline(wrong_dtype_plan()).run({"user_id": np.array([1, 2])})
+    assert str(in_process.value) == f"stage toy_wrong_dtype {expected}"
+    with TritonClient(toy_server.endpoints.grpc_url, "toy_wrong_dtype_recommender") as client:
+        with pytest.raises(ServerError) as served:
+            client.infer({"user_id": np.array([1, 2])})
+    assert f"model toy_wrong_dtype {expected}" in str(served.value)
+    _assert_still_serving(toy_server)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_no_server_listening_is_a_clear_error(protocol):
     (port,) = free_ports(1)
@@ -136,7 +154,7 @@ def test_server_reports_a_model_that_fails_to_load(tritonserver_binary, toy_repo
 
     broken = tmp_path / "repo"
     shutil.copytree(toy_repository, broken)
-    meta = broken / "toy_order" / "1" / "artifacts" / "operator.json"
+    meta = broken / "toy_order" / "1" / "artifacts" / "stage.json"
     meta.write_text(meta.read_text().replace("toy_operators:TopByScore", "toy_operators:Nope"))
     http_port, grpc_port = free_ports(2)
     server = TritonServer(broken, http_port=http_port, grpc_port=grpc_port, log_dir=tmp_path)
@@ -184,7 +202,7 @@ def test_serve_detach_then_stop(cli, tritonserver_binary, toy_repository, isolat
     try:
         assert json.loads(pid_file.read_text())["pid"] == started["pid"]
         with RecommenderClient(started["grpc"]) as client:
-            assert client.recommend([4], top_k=1)[0][0].tolist() == [402]
+            assert client.recommend([4], top_k=1).item_ids[0].tolist() == [402]
 
         again = cli("serve", "--repository", toy_repository, "--detach")
         assert again.exit_code == 1

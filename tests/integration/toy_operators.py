@@ -7,61 +7,46 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from mstage.pipeline.operator import ColumnSpec
+from mstage.columns import ColumnSpec
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import Stage
 from mstage.serving.repository import write_repository
 
 
-class CandidatesForUser:
-    inputs = [ColumnSpec("user_id", "int64", (-1,))]
+class CandidatesForUser(Stage):
+    """params: `n` candidates per user."""
 
-    def __init__(self, n: int = 5):
-        self.n = n
+    inputs = [ColumnSpec("user_id", "int64", (-1,))]
 
     @property
     def outputs(self):
-        return [ColumnSpec("item_ids", "int64", (-1, self.n)),
-                ColumnSpec("scores", "float32", (-1, self.n))]
+        n = self.params["n"]
+        return [ColumnSpec("item_ids", "int64", (-1, n)), ColumnSpec("scores", "float32", (-1, n))]
 
-    @classmethod
-    def load(cls, artifact_dir: Path) -> CandidatesForUser:
-        return cls(**json.loads((Path(artifact_dir) / "params.json").read_text()))
-
-    def save(self, artifact_dir: Path) -> None:
-        (Path(artifact_dir) / "params.json").write_text(json.dumps({"n": self.n}))
-
-    def __call__(self, batch):
+    def run(self, batch):
         users = batch["user_id"]  # [B]
-        columns = np.arange(self.n)
+        columns = np.arange(self.params["n"])
         items = users[:, None] * 100 + columns[None, :]  # [B, n]
         scores = np.broadcast_to((columns % 3) / 10, items.shape).astype(np.float32)
         return {"item_ids": items, "scores": scores}
 
 
-class TopByScore:
+class TopByScore(Stage):
+    """params: `default_k`, used when a request has no top_k."""
+
     inputs = [ColumnSpec("item_ids", "int64", (-1, -1)),
               ColumnSpec("scores", "float32", (-1, -1)),
               ColumnSpec("top_k", "int64", (-1,), optional=True)]
     outputs = [ColumnSpec("item_ids", "int64", (-1, -1)),
                ColumnSpec("scores", "float32", (-1, -1))]
 
-    def __init__(self, default_k: int = 3):
-        self.default_k = default_k
-
-    @classmethod
-    def load(cls, artifact_dir: Path) -> TopByScore:
-        return cls(**json.loads((Path(artifact_dir) / "params.json").read_text()))
-
-    def save(self, artifact_dir: Path) -> None:
-        (Path(artifact_dir) / "params.json").write_text(json.dumps({"default_k": self.default_k}))
-
-    def __call__(self, batch):
+    def run(self, batch):
         items, scores = batch["item_ids"], batch["scores"]  # [B, N] each
-        k = batch.get("top_k", np.full(len(items), self.default_k))  # [B]
+        k = batch.get("top_k", np.full(len(items), self.params["default_k"]))  # [B]
         if np.any(k < 0):
             raise ValueError(f"top_k must be >= 0, got {k.min()}")
         order = np.lexsort((items, -scores), axis=1)  # best score first, then smaller id
@@ -73,9 +58,32 @@ class TopByScore:
         return {"item_ids": top_items, "scores": top_scores}
 
 
+class WrongDtype(CandidatesForUser):
+    """CandidatesForUser with a bug: its scores come out float64, not the declared float32."""
+
+    def run(self, batch):
+        out = super().run(batch)
+        return out | {"scores": out["scores"].astype(np.float64)}
+
+
+def wrong_dtype_plan() -> Plan:
+    return Plan([("toy_wrong_dtype", WrongDtype({"n": 5}))], response=("item_ids", "scores"))
+
+
+def toy_plan(n: int = 5, default_k: int = 3) -> Plan:
+    """CandidatesForUser -> TopByScore, answering item_ids and scores."""
+    return Plan([("toy_candidates", CandidatesForUser({"n": n})),
+                 ("toy_order", TopByScore({"default_k": default_k}))],
+                response=("item_ids", "scores"))
+
+
 def write_toy_repository(path: Path, **options) -> Path:
-    """CandidatesForUser(n=5) -> TopByScore(default_k=3), as ensemble `mstage_recommender`."""
-    write_repository(path, [("toy_candidates", CandidatesForUser(5)),
-                            ("toy_order", TopByScore(3))],
+    """CandidatesForUser(n=5) -> TopByScore(default_k=3), as ensemble `mstage_recommender`,
+    and beside it `toy_wrong_dtype_recommender`, the WrongDtype stage alone."""
+    write_repository(path, toy_plan(), code=[Path(__file__)], **options)
+    wrong = path.parent / "wrong_dtype_repository"
+    write_repository(wrong, wrong_dtype_plan(), name="toy_wrong_dtype_recommender",
                      code=[Path(__file__)], **options)
+    for model in wrong.iterdir():
+        model.rename(path / model.name)
     return path

@@ -1,15 +1,14 @@
 """The CLI's contract: fast help, global flags anywhere, one-line errors with exit codes."""
 
 import json
-import subprocess
-import sys
 import time
+
+from cli_runner import run_mstage_process, run_python
 
 
 def test_help_is_fast_and_lists_status():
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "mstage", "--help"], capture_output=True,
-                         text=True, check=True)
+    out = run_mstage_process("--help")
     # A generous bound for a loaded CI box; the point is that TensorFlow is not imported.
     assert time.perf_counter() - started < 5
     assert "status" in out.stdout
@@ -19,7 +18,7 @@ def test_help_does_not_import_heavy_libraries():
     code = ("import sys, mstage.cli.main; "
             "print(sorted(m for m in ('tensorflow','feast','faiss','pandas','tritonclient') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run_python("-c", code)
     assert out.stdout.strip() == "[]"
 
 

@@ -4,12 +4,11 @@ round trip in a fresh process, raw-feature scoring, and the errors users can hit
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runner import run_python
 
 from mstage.config import RankingConfig
 from mstage.data.schema import Feature, PreparedData, Schema, write_prepared
@@ -17,7 +16,7 @@ from mstage.data.split import assign_folds
 from mstage.errors import ConfigError, InputError, TrainingDiverged
 from mstage.models.dlrm import RankingScorer, build_dlrm
 from mstage.models.encoders import FeatureSpec
-from mstage.models.ranking import ItemRateBaseline, Rows, train_ranking
+from mstage.training.ranking import ItemRateBaseline, Rows, fit_ranking
 
 FAST = RankingConfig(epochs=6, batch_size=256, embedding_dim=8, seed=1)
 
@@ -64,7 +63,7 @@ def trained(tmp_path_factory):
     """One model trained on labelled planted data, exported; shared by several tests."""
     root = tmp_path_factory.mktemp("ranking")
     data = PreparedData(write_planted(root / "data"))
-    metrics = train_ranking(data, FAST, root / "model")
+    metrics = fit_ranking(data, FAST, root / "model").metrics()
     return data, metrics, root / "model"
 
 
@@ -101,6 +100,7 @@ def _oracle_logits(model, specs, x):
     return dense(top, denses[-1])[:, 0]
 
 
+@pytest.mark.slow
 def test_forward_pass_matches_numpy_oracle():
     specs = [FeatureSpec("user_id", "id", "int64", (), 5),
              FeatureSpec("price", "numeric", "float32", (), 0),
@@ -126,6 +126,7 @@ def test_item_rate_baseline_hand_computed():
 
 
 # training ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_learns_planted_interaction_beyond_item_ctr(trained):
     _, metrics, _ = trained
     # Item CTR only sees quality (~0.6 AUC); user x category match gives ~0.8.
@@ -137,9 +138,10 @@ def test_learns_planted_interaction_beyond_item_ctr(trained):
     assert [h["epoch"] for h in metrics["history"]][0] == 1
 
 
+@pytest.mark.slow
 def test_implicit_data_samples_negatives_and_beats_popularity(tmp_path):
     data = PreparedData(write_planted(tmp_path / "data", labelled=False))
-    metrics = train_ranking(data, FAST, tmp_path / "model")
+    metrics = fit_ranking(data, FAST, tmp_path / "model").metrics()
     # 4 negatives per positive, some dropped only for saturated users: ~1/5 positives.
     assert 0.19 < metrics["test_positives"] / metrics["test_rows"] <= 0.2
     assert metrics["labels"] == "4 sampled negatives"
@@ -147,6 +149,7 @@ def test_implicit_data_samples_negatives_and_beats_popularity(tmp_path):
     assert metrics["test_auc"] > metrics["baseline_auc"] + 0.1
 
 
+@pytest.mark.slow
 def test_export_layout_and_params(trained):
     _, metrics, model_dir = trained
     params = json.loads((model_dir / "params.json").read_text())
@@ -167,6 +170,7 @@ def _raw_rows(data, n=50):
             {c: items[c].to_numpy() for c in items.columns})
 
 
+@pytest.mark.slow
 def test_reloaded_in_a_fresh_process_gives_the_same_scores(trained, tmp_path):
     data, _, model_dir = trained
     user_features, item_features = _raw_rows(data)
@@ -183,13 +187,14 @@ def test_reloaded_in_a_fresh_process_gives_the_same_scores(trained, tmp_path):
         f"s = RankingScorer.load({str(model_dir)!r}).score(u.reset_index(), i.reset_index())\n"
         f"np.save({str(tmp_path / 'scores.npy')!r}, s)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    run_python("-c", code)
     fresh = np.load(tmp_path / "scores.npy")
     assert fresh.shape == (50,) and fresh.dtype == np.float32
     np.testing.assert_allclose(fresh, scores, rtol=1e-6)
     assert ((scores > 0) & (scores < 1)).all()
 
 
+@pytest.mark.slow
 def test_scorer_raw_features_one_user_and_unknown_values(trained):
     data, _, model_dir = trained
     scorer = RankingScorer.load(model_dir)
@@ -211,6 +216,7 @@ def test_scorer_raw_features_one_user_and_unknown_values(trained):
     assert np.isfinite(scorer.score(cold, item_features)).all()
 
 
+@pytest.mark.slow
 def test_scorer_rejects_mismatched_rows_and_missing_columns(trained):
     data, _, model_dir = trained
     scorer = RankingScorer.load(model_dir)
@@ -231,15 +237,16 @@ def test_load_without_model_names_the_command(tmp_path):
 def test_one_class_labels_stop_with_an_explanation(tmp_path, value):
     data = PreparedData(write_planted(tmp_path / "data", n_users=30, per_user=10, clicks=value))
     with pytest.raises(InputError, match=rf"found all \d+ rows labelled {value}; a click model"):
-        train_ranking(data, FAST, tmp_path / "model")
+        fit_ranking(data, FAST, tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_advises_a_lower_learning_rate(tmp_path):
     data = PreparedData(write_planted(tmp_path / "data", n_users=60, per_user=20))
     config = RankingConfig(epochs=3, batch_size=64, learning_rate=1e30, optimizer="sgd")
     with pytest.raises(TrainingDiverged, match=r"finite training loss.*lower --learning-rate"):
-        train_ranking(data, config, tmp_path / "model")
+        fit_ranking(data, config, tmp_path / "model")
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -249,4 +256,4 @@ def test_nan_loss_advises_a_lower_learning_rate(tmp_path):
 def test_bad_config_values(tmp_path, field, value, message):
     data = PreparedData(write_planted(tmp_path / "data", n_users=30, per_user=10))
     with pytest.raises(ConfigError, match=message):
-        train_ranking(data, RankingConfig(**{field: value}), tmp_path / "model")
+        fit_ranking(data, RankingConfig(**{field: value}), tmp_path / "model")

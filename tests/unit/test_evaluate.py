@@ -18,8 +18,8 @@ from mstage.evaluation.evaluate import (
     sample_users,
     seen_items,
 )
+from mstage.evaluation.metrics import PAD, top_k_columns
 from mstage.evaluation.protocol import build_eval_set, evaluate_scores
-from mstage.models.metrics import PAD, top_k_columns
 
 
 @dataclass

@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mstage.pipeline.base import Catalog
+from mstage.columns import PAD
+from mstage.data.lookup import IdLookup
 from mstage.pipeline.filtering import allowed_mask, excluded_items, pack_left, refill_from_popular
-from mstage.pipeline.ordering import PAD
 
 CATALOG = np.array([10, 11, 12, 13, 14], dtype=np.int64)
 
@@ -29,7 +29,7 @@ def test_allowed_and_packed():
     ids = np.array([[13, 11, 99, 10, PAD]], dtype=np.int64)    # 99 unknown to the catalog
     scores = np.array([[0.9, 0.8, 0.7, 0.6, -np.inf]], dtype=np.float32)
     seen = np.array([[10, PAD]], dtype=np.int64)
-    keep = allowed_mask(ids, Catalog(CATALOG), excluded, seen)
+    keep = allowed_mask(ids, IdLookup(CATALOG), excluded, seen)
     assert keep.tolist() == [[True, False, False, False, False]]
     packed_ids, packed_scores = pack_left(ids, scores, keep)
     assert packed_ids.tolist() == [[13, PAD, PAD, PAD, PAD]]
@@ -58,7 +58,7 @@ def test_no_seen_or_excluded_item_ever_passes(seed):
     ids[rng.random(ids.shape) < 0.1] = PAD
     seen = rng.choice(catalog, (8, 15))
     seen[rng.random(seen.shape) < 0.2] = PAD
-    keep = allowed_mask(ids, Catalog(catalog), excluded, seen)
+    keep = allowed_mask(ids, IdLookup(catalog), excluded, seen)
     popular = catalog[~excluded]
     out, _, _ = refill_from_popular(*pack_left(ids, np.zeros(ids.shape, np.float32), keep),
                                     popular, seen, 10)
@@ -69,13 +69,14 @@ def test_no_seen_or_excluded_item_ever_passes(seed):
         assert len(real) >= 10 and len(set(real.tolist())) == len(real)
 
 
-def test_catalog_positions_dense_and_sparse_agree():
-    compact = np.array([3, 5, 8, 9], dtype=np.int64)      # span 10 < 8 x 4: dense table
+def test_id_lookup_dense_and_sparse_agree_in_any_table_order():
+    compact = np.array([9, 3, 8, 5], dtype=np.int64)      # span 10 < 8 x 4: dense table
     sparse = compact * 1_000_003                           # huge span: binary search
     for ids_ in (compact, sparse):
-        catalog = Catalog(ids_)
-        query = np.array([[ids_[2], -1, ids_[0] + 1, ids_[3]]], dtype=np.int64)
-        pos, known = catalog.positions(query)
+        lookup = IdLookup(ids_)
+        query = np.array([[ids_[2], -1, ids_[1] + 1, ids_[0]]], dtype=np.int64)
+        rows, known = lookup.find(query)
         assert known.tolist() == [[True, False, False, True]]
-        assert pos[known].tolist() == [2, 3]
-    assert Catalog(compact)._table is not None and Catalog(sparse)._table is None
+        assert rows[known].tolist() == [2, 0]  # rows in table order, not sorted order
+        assert lookup.rows(query, missing=-7).tolist() == [[2, -7, -7, 0]]
+    assert IdLookup(compact)._dense is not None and IdLookup(sparse)._dense is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mstage.errors import InputError
-from mstage.models.metrics import (
+from mstage.evaluation.metrics import (
     auc,
     coverage_at_k,
     hit_rate_at_k,

@@ -3,38 +3,44 @@
 import numpy as np
 import pytest
 
+from mstage.columns import ColumnSpec
 from mstage.errors import ConfigError, InputError
-from mstage.pipeline.operator import ColumnSpec
 from mstage.pipeline.pipeline import Pipeline
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import Stage
 
 REQUEST = [ColumnSpec("user_id", "int64")]
 
 
-class Candidates:
+def pipeline(stages) -> Pipeline:
+    return Pipeline(Plan(stages, REQUEST, response=[stages[-1][1].outputs[0].name]))
+
+
+class Candidates(Stage):
     """user u -> candidates [u*10, u*10+1, u*10+2] with scores [3, 2, 1]."""
 
     inputs = [ColumnSpec("user_id", "int64")]
     outputs = [ColumnSpec("candidate_ids", "int64", (-1, 3)),
                ColumnSpec("retrieval_scores", "float32", (-1, 3))]
 
-    def __call__(self, batch):
+    def run(self, batch):
         u = batch["user_id"][:, None]
         ids = u * 10 + np.arange(3)
         return {"candidate_ids": ids, "retrieval_scores": np.tile([3.0, 2.0, 1.0], (len(u), 1))
                 .astype(np.float32)}
 
 
-class DropOdd:
+class DropOdd(Stage):
     inputs = [ColumnSpec("candidate_ids", "int64", (-1, 3))]
     outputs = [ColumnSpec("filtered_ids", "int64", (-1, 3))]
 
-    def __call__(self, batch):
+    def run(self, batch):
         ids = batch["candidate_ids"]
         return {"filtered_ids": np.where(ids % 2 == 1, -1, ids)}
 
 
 def test_runs_stages_in_order_and_counts_candidates():
-    pipe = Pipeline([("retrieval", Candidates()), ("filtering", DropOdd())], REQUEST)
+    pipe = pipeline([("retrieval", Candidates()), ("filtering", DropOdd())])
     columns, timings = pipe.run({"user_id": np.array([1, 2], dtype=np.int64)})
     # user 1 -> 10, 11, 12 -> 10, 12 survive; user 2 -> 20, 21, 22 -> 20, 22
     assert columns["filtered_ids"].tolist() == [[10, -1, 12], [20, -1, 22]]
@@ -45,10 +51,10 @@ def test_runs_stages_in_order_and_counts_candidates():
 
 def test_wiring_error_names_the_missing_column():
     with pytest.raises(ConfigError, match="stage 'filtering' expects column 'candidate_ids'"):
-        Pipeline([("filtering", DropOdd()), ("retrieval", Candidates())], REQUEST)
+        pipeline([("filtering", DropOdd()), ("retrieval", Candidates())])
 
 
 def test_bad_request_is_an_input_error():
-    pipe = Pipeline([("retrieval", Candidates())], REQUEST)
+    pipe = pipeline([("retrieval", Candidates())])
     with pytest.raises(InputError, match="expected column 'user_id'"):
         pipe.run({"user": np.array([1])})

@@ -11,14 +11,14 @@ import pytest
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, Schema
 from mstage.errors import InputError, UsageError
 from mstage.evaluation.baselines import item_cosine_similarity, item_knn, popularity
-from mstage.evaluation.protocol import build_eval_set, evaluate_scores, load_eval_set
-from mstage.models.metrics import (
+from mstage.evaluation.metrics import (
     coverage_at_k,
     hit_rate_at_k,
     ndcg_at_k,
     recall_at_k,
     top_k_excluding,
 )
+from mstage.evaluation.protocol import build_eval_set, evaluate_scores, load_eval_set
 
 F, V, T = FIT, VALID, TEST
 
@@ -184,6 +184,7 @@ def load_benchmark():
     return module
 
 
+@pytest.mark.slow
 def test_movielens_calibration_rows(tmp_path):
     bench = load_benchmark()
     data_dir = bench.DEFAULT_DATA

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 
-from mstage.pipeline.operator import ColumnSpec
+from mstage.columns import ColumnSpec
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import Stage
 from mstage.serving.python_model import StageRunner, make_model
 from mstage.serving.repository import write_repository
 
@@ -42,17 +44,15 @@ class FakePb:
         return view
 
 
-class RowSum:
+class RowSum(Stage):
     """total[b] = sum(values[b]) + bonus[b] (bonus defaults to 0); counts its calls."""
 
     inputs = [ColumnSpec("values", "int64", (-1, -1)),
               ColumnSpec("bonus", "int64", optional=True)]
     outputs = [ColumnSpec("total", "int64")]
+    calls = 0
 
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, batch):
+    def run(self, batch):
         self.calls += 1
         values = batch["values"]
         if values.min(initial=0) < 0:
@@ -106,7 +106,7 @@ def test_an_input_passed_through_as_output_is_exported():
     class Echo(RowSum):
         outputs = [ColumnSpec("values", "int64", (-1, -1))]
 
-        def __call__(self, batch):
+        def run(self, batch):
             return {"values": batch["values"]}
 
     (response,) = StageRunner(Echo(), "echo").execute([{"values": np.array([[1, 2]])}], FakePb)
@@ -116,34 +116,32 @@ def test_an_input_passed_through_as_output_is_exported():
 
 def test_operator_returning_wrong_rows_is_reported():
     class Broken(RowSum):
-        def __call__(self, batch):
+        def run(self, batch):
             return {"total": np.array([1, 2, 3])}
 
     (response,) = StageRunner(Broken(), "broken").execute([{"values": np.array([[1]])}], FakePb)
-    assert response.error.message == "model broken: expected 1 output rows, found [3]"
+    assert response.error.message == "model broken output: expected 1 rows, found [3]"
 
 
 def test_make_model_loads_the_operator_from_the_repository(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     code = tmp_path / "scale_ops.py"
     code.write_text(
-        "import json, numpy as np\n"
-        "from mstage.pipeline.operator import ColumnSpec\n"
-        "class Scale:\n"
+        "import numpy as np\n"
+        "from mstage.columns import ColumnSpec\n"
+        "from mstage.pipeline.stage import Stage\n"
+        "class Scale(Stage):\n"
         "    inputs = [ColumnSpec('user_id', 'int64')]\n"
         "    outputs = [ColumnSpec('item_ids', 'int64', (-1, 1)),\n"
         "               ColumnSpec('scores', 'float32', (-1, 1))]\n"
-        "    def __init__(self, factor): self.factor = factor\n"
-        "    @classmethod\n"
-        "    def load(cls, d): return cls(json.loads((d / 'p.json').read_text())['factor'])\n"
-        "    def save(self, d): (d / 'p.json').write_text(json.dumps({'factor': self.factor}))\n"
-        "    def __call__(self, b):\n"
-        "        ids = b['user_id'][:, None] * self.factor\n"
+        "    def run(self, b):\n"
+        "        ids = b['user_id'][:, None] * self.params['factor']\n"
         "        return {'item_ids': ids, 'scores': ids.astype(np.float32)}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import scale_ops
 
-    write_repository(tmp_path / "repo", [("scale", scale_ops.Scale(3))], code=[code])
+    plan = Plan([("scale", scale_ops.Scale({"factor": 3}))], response=("item_ids", "scores"))
+    write_repository(tmp_path / "repo", plan, code=[code])
     sys.modules.pop("scale_ops")
     sys.path.remove(str(tmp_path))  # the model must find the module in its own python/ dir
     model = make_model()()

@@ -8,29 +8,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mstage.columns import ColumnSpec
 from mstage.errors import ConfigError, UsageError
-from mstage.pipeline.operator import ColumnSpec
-from mstage.serving.repository import plan_ensemble, stage_config, write_repository
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import Stage
+from mstage.serving.repository import stage_config, write_repository
 
 
-class _Declared:
-    """An operator that only declares columns (the writer never calls it)."""
+class _Declared(Stage):
+    """A stage that only declares columns, from its params (the writer never calls it)."""
 
-    def __init__(self, inputs, outputs):
-        self.inputs, self.outputs = inputs, outputs
+    @property
+    def inputs(self):
+        return [ColumnSpec.from_json(c) for c in self.params["inputs"]]
 
-    @classmethod
-    def load(cls, artifact_dir):
-        raw = json.loads((Path(artifact_dir) / "columns.json").read_text())
-        return cls(*[[ColumnSpec.from_json(c) for c in raw[k]] for k in ("inputs", "outputs")])
+    @property
+    def outputs(self):
+        return [ColumnSpec.from_json(c) for c in self.params["outputs"]]
 
-    def save(self, artifact_dir):
-        (Path(artifact_dir) / "columns.json").write_text(json.dumps(
-            {k: [c.to_json() for c in getattr(self, k)] for k in ("inputs", "outputs")}))
-        np.savez(Path(artifact_dir) / "weights.npz", w=np.arange(3))
 
-    def __call__(self, batch):
-        return batch
+def declared(inputs, outputs) -> _Declared:
+    return _Declared({"inputs": [c.to_json() for c in inputs],
+                      "outputs": [c.to_json() for c in outputs]}, {"w": np.arange(3)})
+
+
+def plan_ensemble(stages) -> Plan:
+    return Plan(stages, response=("item_ids", "scores"))
 
 
 ITEMS = ColumnSpec("item_ids", "int64", (-1, -1))
@@ -40,13 +43,13 @@ USER_ID = ColumnSpec("user_id", "int64")
 TOP_K = ColumnSpec("top_k", "int64", optional=True)
 
 
-def three_stages():
+def three_stages() -> Plan:
     """retrieve (user_id -> items, scores, user_features) -> filter -> order (uses features)."""
-    return [
-        ("retrieve", _Declared([USER_ID], [ITEMS, SCORES, USER_FEATURES])),
-        ("filter", _Declared([ITEMS, SCORES], [ITEMS, SCORES])),
-        ("order", _Declared([ITEMS, SCORES, USER_FEATURES, TOP_K], [ITEMS, SCORES])),
-    ]
+    return plan_ensemble([
+        ("retrieve", declared([USER_ID], [ITEMS, SCORES, USER_FEATURES])),
+        ("filter", declared([ITEMS, SCORES], [ITEMS, SCORES])),
+        ("order", declared([ITEMS, SCORES, USER_FEATURES, TOP_K], [ITEMS, SCORES])),
+    ])
 
 
 GOLDEN_STAGE = '''\
@@ -163,7 +166,7 @@ ensemble_scheduling {
 
 
 def test_stage_config_golden():
-    order = three_stages()[2][1]
+    order = three_stages().stage("order")
     text = stage_config("order", order.inputs, order.outputs, device="gpu", instances=2,
                         max_batch_size=32, max_queue_delay_us=500)
     assert text == GOLDEN_STAGE
@@ -176,7 +179,7 @@ def test_ensemble_config_golden(tmp_path):
 
 
 def test_without_batching_dims_keep_the_batch_dimension_and_no_dynamic_batching():
-    order = three_stages()[2][1]
+    order = three_stages().stage("order")
     text = stage_config("order", order.inputs, order.outputs, max_batch_size=0)
     assert "max_batch_size: 0" in text
     assert "dims: [ -1, 4 ]" in text and "dims: [ -1, -1 ]" in text
@@ -190,10 +193,10 @@ def test_write_repository_is_self_contained(tmp_path):
     code.write_text("X = 1\n")
     write_repository(repo, three_stages(), code=[code])
     version = repo / "filter" / "1"
-    meta = json.loads((version / "artifacts" / "operator.json").read_text())
+    meta = json.loads((version / "artifacts" / "stage.json").read_text())
     assert meta["class"] == "test_repository:_Declared"
     assert [c["name"] for c in meta["outputs"]] == ["item_ids", "scores"]
-    assert (version / "artifacts" / "weights.npz").is_file()
+    assert (version / "artifacts" / "arrays.npz").is_file()
     assert "make_model()" in (version / "model.py").read_text()
     assert (version / "python" / "my_ops.py").read_text() == "X = 1\n"
     assert (repo / "mstage_recommender" / "1").is_dir()
@@ -202,26 +205,26 @@ def test_write_repository_is_self_contained(tmp_path):
 
 
 def test_unused_request_input_is_left_out_and_required_when_a_reader_requires_it():
-    stages = [("only", _Declared([USER_ID, ColumnSpec("top_k", "int64")], [ITEMS, SCORES]))]
+    stages = [("only", declared([USER_ID, ColumnSpec("top_k", "int64")], [ITEMS, SCORES]))]
     plan = plan_ensemble(stages)
     assert [(c.name, c.optional) for c in plan.inputs] == [("user_id", False), ("top_k", False)]
-    plan = plan_ensemble([("only", _Declared([USER_ID], [ITEMS, SCORES]))])
+    plan = plan_ensemble([("only", declared([USER_ID], [ITEMS, SCORES]))])
     assert [c.name for c in plan.inputs] == ["user_id"]
 
 
 def test_missing_column_names_stage_and_what_is_available():
-    stages = [("retrieve", _Declared([USER_ID], [ITEMS, SCORES])),
-              ("order", _Declared([ITEMS, USER_FEATURES], [ITEMS, SCORES]))]
-    with pytest.raises(ConfigError, match=r"stage order expects column 'user_features' \(float32, "
+    stages = [("retrieve", declared([USER_ID], [ITEMS, SCORES])),
+              ("order", declared([ITEMS, USER_FEATURES], [ITEMS, SCORES]))]
+    with pytest.raises(ConfigError, match=r"stage 'order' expects column 'user_features' \(float32, "
                        r"shape \[-1, 4\]\), found no earlier stage .*available: \['item_ids', "
                        r"'scores', 'top_k', 'user_id'\]"):
         plan_ensemble(stages)
 
 
 def test_incompatible_column_names_both_sides():
-    stages = [("retrieve", _Declared([USER_ID], [ColumnSpec("item_ids", "int32", (-1, -1)),
+    stages = [("retrieve", declared([USER_ID], [ColumnSpec("item_ids", "int32", (-1, -1)),
                                                   SCORES])),
-              ("order", _Declared([ITEMS, SCORES], [ITEMS, SCORES]))]
+              ("order", declared([ITEMS, SCORES], [ITEMS, SCORES]))]
     with pytest.raises(ConfigError, match=r"expects column 'item_ids' \(int64.*found 'item_ids' "
                        r"\(int32"):
         plan_ensemble(stages)
@@ -229,17 +232,18 @@ def test_incompatible_column_names_both_sides():
 
 def test_response_output_that_no_stage_writes_is_an_error():
     with pytest.raises(ConfigError, match=r"response output 'scores'.*only \['item_ids'\]"):
-        plan_ensemble([("retrieve", _Declared([USER_ID], [ITEMS]))])
+        plan_ensemble([("retrieve", declared([USER_ID], [ITEMS]))])
 
 
-@pytest.mark.parametrize("names, message", [
-    (("a", "a"), "distinct model names"),
-    (("a", "bad name"), "model name of letters"),
-])
-def test_bad_model_names(names, message):
-    stages = [(n, _Declared([USER_ID], [ITEMS, SCORES])) for n in names]
-    with pytest.raises(ConfigError, match=message):
-        plan_ensemble(stages)
+def test_bad_model_names(tmp_path):
+    with pytest.raises(ConfigError, match="distinct stage names"):
+        plan_ensemble([(n, declared([USER_ID], [ITEMS, SCORES])) for n in ("a", "a")])
+    plan = plan_ensemble([("bad name", declared([USER_ID], [ITEMS, SCORES]))])
+    with pytest.raises(ConfigError, match="model name of letters"):
+        write_repository(tmp_path / "repo", plan)
+    with pytest.raises(ConfigError, match="distinct model names"):
+        write_repository(tmp_path / "repo", plan_ensemble(
+            [("mstage_recommender", declared([USER_ID], [ITEMS, SCORES]))]))
 
 
 def test_refuses_a_non_empty_directory_and_bad_options(tmp_path):

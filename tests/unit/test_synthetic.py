@@ -159,7 +159,7 @@ def test_oracle_affinity_beats_popularity_by_a_wide_margin(small):
     """The planted structure is learnable: ranking by the true affinity u.v more than doubles
     popularity's recall@20 on held-out clicks (measured ~2.8x: 0.62 vs 0.22), and popularity
     is not useless either (so the task is not trivial)."""
-    from mstage.models.metrics import recall_at_k
+    from mstage.evaluation.metrics import recall_at_k
 
     out, _, t = small
     truth = load_factors(out / "factors.npz")
@@ -188,7 +188,7 @@ def test_oracle_affinity_beats_popularity_by_a_wide_margin(small):
 
 def test_oracle_click_logit_separates_clicks(small):
     """AUC of the true click logit on all impressions is high (~0.88) but not 1."""
-    from mstage.models.metrics import auc
+    from mstage.evaluation.metrics import auc
 
     out, _, t = small
     truth = load_factors(out / "factors.npz")

@@ -1,20 +1,19 @@
 """Two-tower model: loss against a numpy oracle, learning on clustered data, export parity."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runner import run_python
 from retrieval_data import write_prepared
 
 from mstage.config import RetrievalConfig
 from mstage.data.schema import PreparedData
 from mstage.errors import TrainingDiverged
-from mstage.models.retrieval import train_retrieval
 from mstage.models.two_tower import ITEM_EMBEDDINGS, load_query_tower
+from mstage.training.retrieval import fit_retrieval
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("retrieval")
-    return train_retrieval(data, SMALL, out), out
+    return fit_retrieval(data, SMALL, out), out
 
 
 def _softmax_oracle(q, c, ids, log_q, t):
@@ -105,9 +104,7 @@ def test_query_tower_reloaded_in_fresh_process_matches(trained, data, tmp_path):
         "e = m.signatures['serving_default'](**{k: tf.constant(v) for k, v in x.items()})\n"
         "np.save(sys.argv[3], e['embedding'].numpy())\n"
     )
-    subprocess.run([sys.executable, "-c", script, str(out / "query_tower"),
-                    str(tmp_path / "encoded.npz"), str(tmp_path / "got.npy")],
-                   check=True, capture_output=True)
+    run_python("-c", script, out / "query_tower", tmp_path / "encoded.npz", tmp_path / "got.npy")
     got = np.load(tmp_path / "got.npy")
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert expected.shape == (5, 16)
@@ -137,15 +134,16 @@ def test_cold_user_gets_an_embedding(trained):
 
 
 def test_same_seed_same_embeddings(data):
-    from mstage.models.retrieval import _Phase, tower_params
-    from mstage.models.two_tower import FitParams
+    from dataclasses import replace
+
+    from mstage.training.retrieval import _Phase, tower_params
 
     phase = _Phase(data, np.arange(len(data.positives())))
-    fit = FitParams(batch_size=64, learning_rate=0.1, seed=3)
+    config = replace(SMALL, learning_rate=0.1, seed=3)
     results = []
     for _ in range(2):
         model = phase.model(tower_params(SMALL), seed=3)
-        model.fit(phase.user_rows, phase.item_rows, 1, fit)
+        phase.trainer(model, 64, config).epoch()
         results.append(model.user_embeddings(np.arange(10)))
     np.testing.assert_array_equal(results[0], results[1])
 
@@ -154,7 +152,7 @@ def test_absurd_learning_rate_diverges_with_advice(data):
     from dataclasses import replace
 
     with pytest.raises(TrainingDiverged, match="lower --learning-rate .* raise --temperature"):
-        train_retrieval(data, replace(SMALL, learning_rate=1e30, epochs=2))
+        fit_retrieval(data, replace(SMALL, learning_rate=1e30, epochs=2))
 
 
 def test_batch_larger_than_data_is_shrunk_with_a_note(tmp_path):
@@ -162,15 +160,14 @@ def test_batch_larger_than_data_is_shrunk_with_a_note(tmp_path):
 
     small = PreparedData(write_prepared(tmp_path / "data", n_users=20, n_items=25, per_user=5))
     # 20 users x 5 positives; 4 train each (ceil(0.2*5) = 1 test) -> 80 train -> batch 64
-    run = train_retrieval(small, replace(SMALL, batch_size=4096, epochs=1))
+    run = fit_retrieval(small, replace(SMALL, batch_size=4096, epochs=1))
     assert run.batch_size == 64
     assert any("--batch-size 4096 exceeds the 80 training positives; using 64" in n
                for n in run.notes)
 
 
 def test_importing_the_module_does_not_import_tensorflow():
-    code = ("import sys, mstage.models.two_tower, mstage.models.retrieval, "
-            "mstage.models.encoders; print('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parents[2])
+    code = ("import sys, mstage.models.two_tower, mstage.training.retrieval, "
+            "mstage.training.ranking, mstage.models.encoders; print('tensorflow' in sys.modules)")
+    out = run_python("-c", code, cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "False"

@@ -1,18 +1,23 @@
-"""Training the DLRM ranker: rows and negatives, the trainer, and the evaluation protocol.
+"""`train_ranking`: the DLRM ranker's rows and negatives, its trainer, and the protocol.
 
 Validation phase on FIT with early stopping on VALID AUC, then a refit on all of train for
 the best epoch count, then test AUC and log loss beside an item-rate baseline
-(docs/train-ranking.md). The network and its export are in `mstage.models.dlrm`.
+(docs/train-ranking.md). The network and its export are in `mstage.models.dlrm`; the epoch
+loop is `mstage.training.core`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mstage.config import RankingConfig, as_dict
+from mstage.data.lookup import IdLookup
+from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.dlrm import (
     BOTTOM_UNITS,
@@ -25,11 +30,37 @@ from mstage.models.dlrm import (
 )
 from mstage.models.encoders import FeatureEncoders
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
+from mstage.progress import SILENT, Reporter
+from mstage.training.core import Phase, Schedule, make_optimizer, validate_then_refit
+from mstage.workspace import Artifact, Workspace
 
 VALID_NEGATIVES_SEED = 1_000_003
 TEST_NEGATIVES_SEED = 2_000_003
 BASELINE_PRIOR_WEIGHT = 10.0
-OPTIMIZERS = ("adagrad", "adam", "sgd")
+
+
+@dataclass
+class RankingRun:
+    """What training measured: the DLRM's test AUC and log loss beside the baseline's, the best
+    validation AUC (None without validation), the epoch count refit, the kind of labels, row
+    counts and the validation curve (`history`: epoch, loss, valid_auc)."""
+
+    test_auc: float
+    test_log_loss: float
+    baseline: str
+    baseline_auc: float
+    baseline_log_loss: float
+    best_valid_auc: float | None
+    epochs_trained: int
+    labels: str
+    train_rows: int
+    test_rows: int
+    test_positives: int
+    history: list[dict[str, float]]
+
+    def metrics(self) -> dict[str, Any]:
+        """The metrics the manifest records (and `--json` prints), in field order."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -52,14 +83,10 @@ class Rows:
                       for f in ("user_rows", "item_rows", "labels")))
 
 
-def _lookup_rows(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions of `ids` in `sorted_ids`; ids not there map to len(sorted_ids), the
-    all-zero 'unknown' row appended to every encoded table."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(sorted_ids) == 0:
-        return np.zeros(len(ids), dtype=np.int64)
-    pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
-    return np.where(sorted_ids[pos] == ids, pos, len(sorted_ids)).astype(np.int64)
+def _lookup_rows(lookup: IdLookup, ids: np.ndarray) -> np.ndarray:
+    """Rows of `ids` in the table; ids not there map to len(lookup), the all-zero 'unknown'
+    row appended to every encoded table."""
+    return lookup.rows(ids, missing=len(lookup))
 
 
 def _with_unknown_row(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,11 +123,12 @@ class RankingProblem:
         self.users = _with_unknown_row(self.encoders.encode_users(users))
         self.items = _with_unknown_row(self.encoders.encode_items(items))
         self.negatives = negatives
+        user_lookup, item_lookup = IdLookup(self.user_ids), IdLookup(self.item_ids)
 
         def rows_of(mask: np.ndarray) -> Rows:
             part = frame[mask]
-            return Rows(_lookup_rows(self.user_ids, part["user_id"].to_numpy()),
-                        _lookup_rows(self.item_ids, part["item_id"].to_numpy()),
+            return Rows(_lookup_rows(user_lookup, part["user_id"].to_numpy()),
+                        _lookup_rows(item_lookup, part["item_id"].to_numpy()),
                         part["label"].to_numpy().astype(np.float32))
 
         self._train_rows = rows_of(train_mask)
@@ -166,21 +194,10 @@ class ItemRateBaseline:
         return self.rate[rows.item_rows]
 
 
-def _optimizer(name: str, learning_rate: float):
-    keras = import_keras()
-
-    from mstage.errors import ConfigError
-
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"expected ranking.optimizer in {', '.join(OPTIMIZERS)}, found {name!r}")
-    return {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam,
-            "sgd": keras.optimizers.SGD}[name](learning_rate=learning_rate)
-
-
 class Trainer:
     """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem."""
 
-    def __init__(self, problem: RankingProblem, config):
+    def __init__(self, problem: RankingProblem, config: RankingConfig):
         keras = import_keras()
         tf = import_tensorflow()
 
@@ -188,7 +205,9 @@ class Trainer:
         self.problem, self.config = problem, config
         specs = model_specs(problem.encoders)
         self.model = build_dlrm(specs, config.embedding_dim)
-        self.optimizer = _optimizer(config.optimizer, config.learning_rate)
+        variables = self.model.trainable_variables
+        self.optimizer = make_optimizer(config.optimizer, config.learning_rate, variables,
+                                        key="ranking.optimizer")
         signature = input_signature(specs)
         model, optimizer = self.model, self.optimizer
 
@@ -198,8 +217,7 @@ class Trainer:
                 logits = model(features, training=True)
                 loss = tf.reduce_mean(
                     tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            optimizer.apply(tape.gradient(loss, variables))
             return loss
 
         @tf.function(input_signature=[signature])
@@ -229,17 +247,6 @@ class Trainer:
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def _check_finite(loss: float, epoch: int, learning_rate: float) -> None:
-    from mstage.errors import TrainingDiverged
-
-    if not np.isfinite(loss):
-        raise TrainingDiverged(
-            f"expected a finite training loss, found {loss} in epoch {epoch} with learning rate "
-            f"{learning_rate}; the previous ranking model is kept; run `mstage train-ranking` "
-            f"again with a lower --learning-rate (e.g. {learning_rate / 10:g})"
-        )
-
-
 def _check_labels(rows: Rows, what: str) -> None:
     positives = int(rows.labels.sum())
     if len(rows) == 0:
@@ -258,91 +265,96 @@ def _has_both_classes(rows: Rows) -> bool:
     return 0 < rows.labels.sum() < len(rows)
 
 
-def train_ranking(data, config, out_dir: Path, reporter=None) -> dict[str, Any]:
-    """Train, evaluate and export a DLRM into `out_dir`; returns the metrics.
+def schedule(config: RankingConfig) -> Schedule:
+    def diverged(loss: float, epoch: int) -> str:
+        rate = config.learning_rate
+        return (f"expected a finite training loss, found {loss} in epoch {epoch} with learning "
+                f"rate {rate}; the previous ranking model is kept; run `mstage train-ranking` "
+                f"again with a lower --learning-rate (e.g. {rate / 10:g})")
+
+    return Schedule(config.epochs, config.patience, "valid_auc", diverged,
+                    ("train-ranking: fit, validate", "train-ranking: refit on train"))
+
+
+def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
+                reporter: Reporter = SILENT) -> RankingRun:
+    """Train, evaluate and export a DLRM into `out_dir`.
 
     Protocol (docs/evaluation.md): train on FIT, pick the epoch count by validation AUC on
     VALID (early stopping with `config.patience`), then refit a fresh model on FIT + VALID
     for that many epochs and report test AUC / log loss beside the item-rate baseline.
     """
-    from mstage.config import RankingConfig
-    from mstage.data.schema import FIT, SPLITS, TEST, VALID, fold_column
-    from mstage.errors import ConfigError
-    from mstage.models.metrics import auc, log_loss
-    from mstage.progress import SILENT
+    from mstage.evaluation.metrics import auc, log_loss
 
-    reporter = reporter or SILENT
-    config = config or RankingConfig()
-    if config.split not in SPLITS:
-        raise ConfigError(f"expected ranking.split in {', '.join(SPLITS)}, found {config.split!r}")
-    _optimizer(config.optimizer, config.learning_rate)  # fail on a bad name before any work
     if fold_column(config.split) not in data.interactions.columns:
         raise InputError(f"expected a {fold_column(config.split)} column in the prepared "
                          "interactions, found none; run `mstage prepare-data` again")
     folds = data.fold(config.split)
     rng = np.random.default_rng(config.seed)
-    history: list[dict[str, float]] = []
 
-    best_epochs, best_auc = config.epochs, None
-    validation = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
-                                config.negatives, VALID_NEGATIVES_SEED)
-    _check_labels(validation.given_rows(np.random.default_rng(config.seed)), "FIT")
-    if _has_both_classes(validation.eval_rows):
-        trainer = Trainer(validation, config)
-        stale = 0
-        with reporter.task("train-ranking: fit, validate", total=config.epochs) as task:
-            for epoch in range(1, config.epochs + 1):
-                loss = trainer.epoch(rng)
-                _check_finite(loss, epoch, config.learning_rate)
-                val_auc = auc(validation.eval_rows.labels, trainer.predict(validation.eval_rows))
-                history.append({"epoch": epoch, "loss": loss, "valid_auc": val_auc})
-                task.advance(1, loss=loss, valid_auc=val_auc)
-                if best_auc is None or val_auc > best_auc:
-                    best_epochs, best_auc, stale = epoch, val_auc, 0
-                else:
-                    stale += 1
-                    if stale >= config.patience:
-                        break
-    else:
-        reporter.log("validation rows lack both classes; training for all --epochs "
-                     "without early stopping")
+    def validation() -> Phase | None:
+        problem = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
+                                 config.negatives, VALID_NEGATIVES_SEED)
+        _check_labels(problem.given_rows(np.random.default_rng(config.seed)), "FIT")
+        if not _has_both_classes(problem.eval_rows):
+            reporter.log("validation rows lack both classes; training for all --epochs "
+                         "without early stopping")
+            return None
+        trainer = Trainer(problem, config)
+        rows = problem.eval_rows
+        return Phase(lambda: trainer.epoch(rng), lambda: auc(rows.labels, trainer.predict(rows)))
 
-    final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
-                           config.negatives, TEST_NEGATIVES_SEED)
-    first_rows = final.given_rows(np.random.default_rng(config.seed))
-    _check_labels(first_rows, "train")
+    def refit() -> Phase:
+        final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
+                               config.negatives, TEST_NEGATIVES_SEED)
+        first_rows = final.given_rows(np.random.default_rng(config.seed))
+        _check_labels(first_rows, "train")
+        test = final.eval_rows
+        if not _has_both_classes(test):
+            raise InputError(
+                f"expected test rows with both classes to measure AUC, found {len(test)} rows "
+                f"and {int(test.labels.sum())} positives; use more data or another ranking.split"
+            )
+        trainer = Trainer(final, config)
+        return Phase(lambda: trainer.epoch(rng), model=(final, trainer, first_rows))
+
+    training = validate_then_refit(validation, refit, schedule(config), reporter)
+    final, trainer, first_rows = training.model
     test = final.eval_rows
-    if not _has_both_classes(test):
-        raise InputError(
-            f"expected test rows with both classes to measure AUC, found {len(test)} rows and "
-            f"{int(test.labels.sum())} positives; use more data or another ranking.split"
-        )
-    trainer = Trainer(final, config)
-    with reporter.task("train-ranking: refit on train", total=best_epochs) as task:
-        for epoch in range(1, best_epochs + 1):
-            loss = trainer.epoch(rng)
-            _check_finite(loss, epoch, config.learning_rate)
-            task.advance(1, loss=loss)
     probs = trainer.predict(test)
     baseline = ItemRateBaseline(first_rows, len(final.item_ids) + 1)
     baseline_scores = baseline.predict(test) if final.labelled else \
         baseline.popularity[test.item_rows]
-    metrics = {
-        "test_auc": auc(test.labels, probs),
-        "test_log_loss": log_loss(test.labels, probs),
-        "baseline": "item CTR (smoothed)" if final.labelled else "item popularity",
-        "baseline_auc": auc(test.labels, baseline_scores),
-        "baseline_log_loss": log_loss(test.labels, baseline.predict(test)),
-        "best_valid_auc": best_auc,
-        "epochs_trained": best_epochs,
-        "labels": "clicks" if final.labelled else f"{config.negatives} sampled negatives",
-        "train_rows": len(first_rows),
-        "test_rows": len(test),
-        "test_positives": int(test.labels.sum()),
-        "history": history,
-    }
+    run = RankingRun(
+        test_auc=auc(test.labels, probs),
+        test_log_loss=log_loss(test.labels, probs),
+        baseline="item CTR (smoothed)" if final.labelled else "item popularity",
+        baseline_auc=auc(test.labels, baseline_scores),
+        baseline_log_loss=log_loss(test.labels, baseline.predict(test)),
+        best_valid_auc=training.best_score,
+        epochs_trained=training.best_epoch,
+        labels="clicks" if final.labelled else f"{config.negatives} sampled negatives",
+        train_rows=len(first_rows),
+        test_rows=len(test),
+        test_positives=int(test.labels.sum()),
+        history=[{"epoch": log.epoch, "loss": log.loss, "valid_auc": log.score}
+                 for log in training.validation],
+    )
     params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
-              "top_units": list(TOP_UNITS), "epochs_trained": best_epochs,
+              "top_units": list(TOP_UNITS), "epochs_trained": training.best_epoch,
               "labelled": final.labelled, "split": config.split}
     export_dlrm(trainer.model, final.encoders, Path(out_dir), params)
-    return metrics
+    return run
+
+
+def train_ranking(ws: Workspace, config: RankingConfig,
+                  reporter: Reporter = SILENT) -> RankingRun:
+    """`mstage train-ranking`: fit on the workspace's prepared data and publish the ranking
+    artifact (SavedModel, encoders; config and metrics in the manifest). A failure keeps the
+    previous artifact."""
+    data = PreparedData(ws.require(Artifact.DATA))
+    with ws.build(Artifact.RANKING) as b:
+        run = fit_ranking(data, config, b.dir, reporter)
+        b.config = as_dict(config)
+        b.metrics = run.metrics()
+    return run

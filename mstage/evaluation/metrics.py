@@ -13,9 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mstage.columns import PAD
 from mstage.errors import InputError
-
-PAD = -1
 
 
 class RelevantSets:

@@ -1,25 +1,32 @@
-"""The Operator protocol: one class per stage that runs in-process and inside Triton alike.
+"""The columns stages exchange: names, the padding id, declared specs and the one batch check.
 
-An operator declares the columns it reads and writes (`ColumnSpec`), is vectorised over the
-first (request) dimension, and saves itself as JSON params plus native files, never pickle.
-`save_operator`/`load_operator` add an `operator.json` naming the class, so a directory is
-enough to bring an operator back (this is what the Triton python model does).
+Every stage, the in-process pipeline and the Triton runner import these, so a column name or
+the padding value is written once. A batch is `{name: array}` whose first dimension is the
+B requests; candidate lists are padded to a fixed width with `PAD` (score -inf).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from mstage.errors import ConfigError, InputError
 
-OPERATOR_FILE = "operator.json"
+PAD = -1
+"""Item id of an empty slot in a candidate list (Faiss pads its results with it too)."""
+
+USER_ID = "user_id"
+TOP_K = "top_k"
+CANDIDATE_IDS, RETRIEVAL_SCORES = "candidate_ids", "retrieval_scores"
+RECENT_ITEMS, COLD_START = "recent_items", "cold_start"
+FILTERED_IDS, FILTERED_SCORES, REFILLED = "filtered_ids", "filtered_scores", "refilled"
+RANKING_SCORES = "ranking_scores"
+ITEM_IDS, SCORES, FALLBACK = "item_ids", "scores", "fallback"
+USER_PREFIX = "user__"
+"""Retrieval passes each encoded user feature on to scoring as column `user__<feature>`."""
 
 # numpy dtype name -> Triton data type (without the TYPE_ prefix used in config.pbtxt).
 TRITON_DTYPES = {
@@ -32,13 +39,13 @@ TRITON_DTYPES = {
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """A named tensor an operator reads or writes.
+    """A named tensor a stage reads or writes.
 
     `dtype` is a numpy dtype name ("int64", "float32"); numeric only, because Triton's python
     backend exchanges tensors through DLPack, which has no strings. `shape` gives -1 for a
     variable dimension; its first dimension is always the request batch (-1), so `(-1,)` is
     one value per row and `(-1, 100)` is 100 values per row. `optional` inputs may be absent
-    from a batch (the operator then uses its default).
+    from a batch (the stage then uses its default).
     """
 
     name: str
@@ -92,75 +99,19 @@ class ColumnSpec:
         return cls(raw["name"], raw["dtype"], tuple(raw["shape"]), raw.get("optional", False))
 
 
-@runtime_checkable
-class Operator(Protocol):
-    """One stage of the recommender, the same object in-process and inside Triton.
-
-    `inputs`/`outputs` may be class attributes or properties (a retrieval operator's output
-    width depends on its configured candidate count). `__call__` takes and returns
-    `{name: array}` whose first dimension is the batch of B requests: every output has B rows.
-    Candidate lists of varying length are padded to a fixed width with id -1.
-    """
-
-    inputs: Sequence[ColumnSpec]
-    outputs: Sequence[ColumnSpec]
-
-    @classmethod
-    def load(cls, artifact_dir: Path) -> Self: ...
-
-    def save(self, artifact_dir: Path) -> None: ...
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+REQUEST = (ColumnSpec(USER_ID, "int64"), ColumnSpec(TOP_K, "int64", optional=True))
+"""What a recommendation request carries, in-process and in the Triton ensemble."""
+RESPONSE = (ITEM_IDS, SCORES, FALLBACK)
+"""What a recommendation response carries: best-first ids [B, k], their scores, a flag [B]."""
 
 
-def class_path(operator: Operator) -> str:
-    """'package.module:QualName' of an operator's class, importable by `import_class`."""
-    cls = type(operator)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def import_class(path: str) -> type:
-    """The class named by 'package.module:QualName'."""
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"expected an importable operator class {path!r}, found an error: "
-                          f"{e}; is the package that defines it installed?") from None
-    return obj
-
-
-def save_operator(operator: Operator, artifact_dir: Path) -> None:
-    """Write `operator.json` (class path and declared columns) and the operator's own files."""
-    artifact_dir = Path(artifact_dir)
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    operator.save(artifact_dir)
-    meta = {
-        "class": class_path(operator),
-        "inputs": [c.to_json() for c in operator.inputs],
-        "outputs": [c.to_json() for c in operator.outputs],
-    }
-    (artifact_dir / OPERATOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_operator(artifact_dir: Path) -> Operator:
-    """The operator saved in `artifact_dir` by `save_operator`."""
-    meta_path = Path(artifact_dir) / OPERATOR_FILE
-    if not meta_path.is_file():
-        raise InputError(f"expected {meta_path} naming a saved operator, found nothing; "
-                         "rebuild it with `mstage build-ensemble`")
-    meta = json.loads(meta_path.read_text())
-    return import_class(meta["class"]).load(Path(artifact_dir))
-
-
-def check_batch(specs: Sequence[ColumnSpec], batch: Mapping[str, Any], where: str) -> None:
+def check_batch(specs: Sequence[ColumnSpec], batch: Mapping[str, Any], where: str,
+                rows: int | None = None) -> None:
     """Raise InputError naming the first column of `specs` that `batch` lacks or misshapes.
 
-    Also checks that every column has the same number of rows.
+    Every column must have the same number of rows (`rows`, when given).
     """
-    rows: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for spec in specs:
         if spec.name not in batch:
             if spec.optional:
@@ -170,7 +121,9 @@ def check_batch(specs: Sequence[ColumnSpec], batch: Mapping[str, Any], where: st
         problem = spec.problem(batch[spec.name])
         if problem:
             raise InputError(f"{where}: {problem}")
-        rows[spec.name] = batch[spec.name].shape[0]
-    if len(set(rows.values())) > 1:
+        counts[spec.name] = batch[spec.name].shape[0]
+    if len(set(counts.values())) > 1:
         raise InputError(f"{where}: expected every column to have the same number of rows, "
-                         f"found {rows}")
+                         f"found {counts}")
+    if rows is not None and counts and set(counts.values()) != {rows}:
+        raise InputError(f"{where}: expected {rows} rows, found {sorted(set(counts.values()))}")

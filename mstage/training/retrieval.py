@@ -2,26 +2,27 @@
 
 Validation phase (train on FIT, score VALID) picks the epoch count by early stopping on
 recall@20; the model is then refit on all of train (FIT + VALID) for that many epochs and
-measured on TEST beside popularity. The refit model is what gets exported.
+measured on TEST beside popularity. The refit model is what gets exported and published.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mstage.config import RetrievalConfig
+from mstage.config import RetrievalConfig, as_dict
+from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.encoders import FeatureEncoders
 from mstage.models.tensorflow_runtime import import_keras
-from mstage.models.two_tower import FitParams, TowerParams, TwoTower
+from mstage.models.two_tower import TowerParams, TowerTrainer, TwoTower
 from mstage.progress import SILENT, Reporter
+from mstage.training.core import Phase, Schedule, make_optimizer, validate_then_refit
+from mstage.workspace import Artifact, Workspace
 
 EARLY_STOPPING_METRIC = "recall@20"
 TEST_KS = (10, 20, 100)
@@ -68,10 +69,9 @@ class _Phase:
         self.item_ids = data.items["item_id"].to_numpy(np.int64)
         self.users = self.encoders.encode_users(data.users)
         self.items = self.encoders.encode_items(data.items)
-        self.user_row = _RowIndex(self.user_ids, "user")
-        self.item_row = _RowIndex(self.item_ids, "item")
-        self.user_rows = self.user_row(positives["user_id"].to_numpy(np.int64))
-        self.item_rows = self.item_row(positives["item_id"].to_numpy(np.int64))
+        self.user_lookup, self.item_lookup = IdLookup(self.user_ids), IdLookup(self.item_ids)
+        self.user_rows = _rows(self.user_lookup, positives["user_id"].to_numpy(np.int64), "user")
+        self.item_rows = _rows(self.item_lookup, positives["item_id"].to_numpy(np.int64), "item")
 
     def model(self, params: TowerParams, seed: int) -> TwoTower:
         keras = import_keras()
@@ -79,40 +79,34 @@ class _Phase:
         keras.utils.set_random_seed(seed)
         return TwoTower(self.encoders, params, self.users, self.items)
 
+    def trainer(self, model: TwoTower, batch_size: int, config: RetrievalConfig) -> TowerTrainer:
+        optimizer = make_optimizer(config.optimizer, config.learning_rate,
+                                   model.trainable_variables, key="retrieval.optimizer")
+        return TowerTrainer(model, self.user_rows, self.item_rows, optimizer, batch_size,
+                            config.seed)
+
     def score_fn(self, model: TwoTower, catalog: np.ndarray):
         """user ids [b] -> inner products [b, n_catalog] with the catalog's item embeddings."""
-        catalog_emb = model.item_embeddings(self.item_row(catalog))
+        catalog_emb = model.item_embeddings(_rows(self.item_lookup, catalog, "item"))
 
         def score(user_ids: np.ndarray) -> np.ndarray:
-            return model.user_embeddings(self.user_row(user_ids)) @ catalog_emb.T
+            return model.user_embeddings(_rows(self.user_lookup, user_ids, "user")) @ catalog_emb.T
 
         return score
 
 
-class _RowIndex:
-    """Row of each id in a users / items table, by binary search over the sorted ids."""
-
-    def __init__(self, table_ids: np.ndarray, side: str):
-        self.ids, self.side = np.asarray(table_ids, np.int64), side
-        self.order = np.argsort(self.ids, kind="stable")
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        """[n] ids -> [n] int64 rows; InputError when an id has no row."""
-        ids = np.asarray(ids, np.int64)
-        if len(self.order) == 0:
-            bad, rows = np.ones(len(ids), bool), np.zeros(len(ids), np.int64)
-        else:
-            pos = np.clip(np.searchsorted(self.ids, ids, sorter=self.order), 0,
-                          len(self.order) - 1)
-            rows = self.order[pos]
-            bad = self.ids[rows] != ids
-        if np.any(bad):
-            raise InputError(
-                f"expected every interaction's {self.side}_id in {self.side}s.parquet, found "
-                f"{int(np.sum(bad))} missing (e.g. {int(ids[bad][0])}); "
-                "run `mstage prepare-data` again"
-            )
-        return rows.astype(np.int64)
+def _rows(lookup: IdLookup, ids: np.ndarray, side: str) -> np.ndarray:
+    """[n] ids -> [n] int64 rows of the users / items table; InputError when an id has no row."""
+    ids = np.asarray(ids, np.int64)
+    rows, known = lookup.find(ids)
+    if not known.all():
+        bad = ~known
+        raise InputError(
+            f"expected every interaction's {side}_id in {side}s.parquet, found "
+            f"{int(np.sum(bad))} missing (e.g. {int(ids[bad][0])}); "
+            "run `mstage prepare-data` again"
+        )
+    return rows
 
 
 def _batch_size(requested: int, n_positives: int, notes: list[str],
@@ -137,8 +131,18 @@ def tower_params(config: RetrievalConfig) -> TowerParams:
                        hidden_units=tuple(config.hidden_units), temperature=config.temperature)
 
 
-def train_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | None = None,
-                    reporter: Reporter = SILENT, validation_only: bool = False) -> RetrievalRun:
+def schedule(config: RetrievalConfig) -> Schedule:
+    def diverged(loss: float, epoch: int) -> str:
+        return (f"expected a finite training loss, found {loss} at epoch {epoch}; "
+                f"lower --learning-rate (now {config.learning_rate}) or raise --temperature "
+                f"(now {float(config.temperature)}); the previous artifact is kept")
+
+    return Schedule(config.epochs, config.patience, f"val_{EARLY_STOPPING_METRIC}", diverged,
+                    ("validation", "refit"))
+
+
+def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | None = None,
+                  reporter: Reporter = SILENT, validation_only: bool = False) -> RetrievalRun:
     """Run validation (early stopping), refit on all train, evaluate on test and, when
     `out_dir` is given, export the refit model there (see TwoTower.export).
     `validation_only` stops after the validation phase (for tuning)."""
@@ -150,44 +154,42 @@ def train_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path |
     params = tower_params(config)
     notes: list[str] = []
     batch = _batch_size(config.batch_size, int(np.sum(folds != TEST)), notes, reporter)
-    fit = FitParams(batch_size=batch, learning_rate=config.learning_rate,
-                    optimizer=config.optimizer, seed=config.seed)
-
     valid_set = build_eval_set(data.interactions, config.split, "validation")
-    history: list[dict[str, float]] = []
-    best_epoch = config.epochs
     fit_rows = np.flatnonzero(folds == FIT)
-    if len(valid_set.users) and np.sum(folds == VALID) and len(fit_rows) >= 2:
+
+    def validation() -> Phase | None:
+        if not (len(valid_set.users) and np.sum(folds == VALID) and len(fit_rows) >= 2):
+            note = (f"no validation users on the {config.split} split; training the full "
+                    f"{config.epochs} epochs without early stopping")
+            notes.append(note)
+            reporter.log(f"warning: {note}")
+            return None
         phase = _Phase(data, fit_rows)
         model = phase.model(params, config.seed)
-        fit_v = dataclasses.replace(fit, batch_size=min(batch, len(fit_rows)))
+        trainer = phase.trainer(model, min(batch, len(fit_rows)), config)
 
-        def after_epoch(epoch: int) -> dict[str, float]:
+        def validate() -> float:
             scores = phase.score_fn(model, valid_set.catalog)
-            result = evaluate_scores(valid_set, scores, ks=(20,))
-            history.append({"epoch": epoch, EARLY_STOPPING_METRIC: result[EARLY_STOPPING_METRIC]})
-            best = max(history, key=lambda h: h[EARLY_STOPPING_METRIC])
-            stop = epoch - best["epoch"] >= config.patience
-            return {"val_recall@20": result[EARLY_STOPPING_METRIC], "stop": stop}
+            return evaluate_scores(valid_set, scores, ks=(20,))[EARLY_STOPPING_METRIC]
 
-        model.fit(phase.user_rows, phase.item_rows, config.epochs, fit_v, reporter,
-                  after_epoch, description="validation")
-        best_epoch = int(max(history, key=lambda h: h[EARLY_STOPPING_METRIC])["epoch"])
-    else:
-        note = (f"no validation users on the {config.split} split; training the full "
-                f"{config.epochs} epochs without early stopping")
-        notes.append(note)
-        reporter.log(f"warning: {note}")
+        return Phase(trainer.epoch, validate)
 
+    def refit() -> Phase:
+        phase = _Phase(data, np.flatnonzero(folds != TEST))
+        model = phase.model(params, config.seed)
+        trainer = phase.trainer(model, batch, config)
+        return Phase(trainer.epoch, model=(phase, model, trainer))
+
+    training = validate_then_refit(validation, None if validation_only else refit,
+                                   schedule(config), reporter)
+    history = [{"epoch": log.epoch, EARLY_STOPPING_METRIC: log.score}
+               for log in training.validation]
+    best_epoch = training.best_epoch
     if validation_only:
         return RetrievalRun({}, {}, history, best_epoch, batch, 0.0, 0.0, {}, notes)
-    phase = _Phase(data, np.flatnonzero(folds != TEST))
-    model = phase.model(params, config.seed)
-    started = time.perf_counter()
-    logs = model.fit(phase.user_rows, phase.item_rows, best_epoch, fit, reporter,
-                     description="refit")
-    seconds = time.perf_counter() - started
-    examples = sum(log.examples for log in logs)
+    phase, model, trainer = training.model
+    seconds = training.refit_seconds
+    examples = len(training.refit) * trainer.examples_per_epoch
 
     test_set = build_eval_set(data.interactions, config.split, "test")
     if len(test_set.users):
@@ -204,3 +206,16 @@ def train_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path |
         })
     return RetrievalRun(test, pop, history, best_epoch, batch, seconds,
                         examples / seconds if seconds > 0 else 0.0, test_set.stats, notes)
+
+
+def train_retrieval(ws: Workspace, config: RetrievalConfig,
+                    reporter: Reporter = SILENT) -> RetrievalRun:
+    """`mstage train-retrieval`: fit on the workspace's prepared data and publish the
+    retrieval artifact (towers, encoders, item embeddings; config and metrics in the manifest).
+    A failure keeps the previous artifact."""
+    data = PreparedData(ws.require(Artifact.DATA))
+    with ws.build(Artifact.RETRIEVAL) as b:
+        run = fit_retrieval(data, config, b.dir, reporter)
+        b.config = as_dict(config)
+        b.metrics = run.metrics()
+    return run
