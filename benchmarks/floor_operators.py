@@ -1,44 +1,36 @@
-"""Two do-nothing operators: the cheapest possible two-step ensemble, for `triton_floor.py`."""
+"""Two do-nothing stages: the cheapest possible two-step ensemble, for `triton_floor.py`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from mstage.pipeline.operator import ColumnSpec
+from mstage.columns import ITEM_IDS, SCORES, USER_ID, ColumnSpec
+from mstage.pipeline.plan import Plan
+from mstage.pipeline.stage import Stage
 
 
-class EchoUser:
+class EchoUser(Stage):
     """user u -> one candidate u with score 0: item_ids [B, 1], scores [B, 1]."""
 
-    inputs = [ColumnSpec("user_id", "int64")]
-    outputs = [ColumnSpec("item_ids", "int64", (-1, 1)), ColumnSpec("scores", "float32", (-1, 1))]
+    inputs = [ColumnSpec(USER_ID, "int64")]
+    outputs = [ColumnSpec(ITEM_IDS, "int64", (-1, 1)), ColumnSpec(SCORES, "float32", (-1, 1))]
 
-    @classmethod
-    def load(cls, artifact_dir: Path) -> EchoUser:
-        return cls()
-
-    def save(self, artifact_dir: Path) -> None:
-        pass
-
-    def __call__(self, batch):
-        users = batch["user_id"]
-        return {"item_ids": users[:, None].copy(), "scores": np.zeros((len(users), 1), np.float32)}
+    def run(self, batch):
+        users = batch[USER_ID]  # [B]
+        return {ITEM_IDS: users[:, None].copy(), SCORES: np.zeros((len(users), 1), np.float32)}
 
 
-class PassThrough:
+class PassThrough(Stage):
     """item_ids, scores -> the same arrays."""
 
-    inputs = [ColumnSpec("item_ids", "int64", (-1, -1)), ColumnSpec("scores", "float32", (-1, -1))]
+    inputs = [ColumnSpec(ITEM_IDS, "int64", (-1, -1)), ColumnSpec(SCORES, "float32", (-1, -1))]
     outputs = inputs
 
-    @classmethod
-    def load(cls, artifact_dir: Path) -> PassThrough:
-        return cls()
+    def run(self, batch):
+        return {ITEM_IDS: batch[ITEM_IDS], SCORES: batch[SCORES]}
 
-    def save(self, artifact_dir: Path) -> None:
-        pass
 
-    def __call__(self, batch):
-        return {"item_ids": batch["item_ids"], "scores": batch["scores"]}
+def floor_plan() -> Plan:
+    """EchoUser -> PassThrough, answering item_ids and scores (no fallback flag)."""
+    return Plan([("echo_user", EchoUser()), ("pass_through", PassThrough())],
+                response=(ITEM_IDS, SCORES))

@@ -5,18 +5,20 @@ usage: .venv/bin/python benchmarks/pipeline_latency.py --data sample --dir /tmp/
        .venv/bin/python benchmarks/pipeline_latency.py --data synthetic \
            --size 100000x100000x2000000 --epochs 2 --dir /tmp/latency-bench
        .venv/bin/python benchmarks/pipeline_latency.py --data synthetic \
-           --size 200000x1000000x4000000 --epochs 2 --item-source offline --dir /tmp/latency-bench
+           --size 200000x1000000x4000000 --epochs 2 --dir /tmp/latency-bench
 
 Build: every command (`generate-data`, `prepare-data --label-col click`, `train-retrieval`,
 `train-ranking`, `export-features`, `build-index`) runs as its own `mstage` subprocess; its
 wall time and peak RSS (`os.wait4`) are recorded. An existing workspace is reused when every
-artifact is ready (`--rebuild` forces a new one).
+artifact is ready (`Workspace.state`; `--rebuild` forces a new one).
 
 Measure (in a fresh child process, so its peak RSS is the recommender's alone):
-`Recommender.from_workspace` load time (first, with the TensorFlow / Feast / Faiss imports;
-then again with imports done and the item-table cache cleared); one user per call, warm
+`Recommender.from_workspace(...).load()` time (the plan, with the exported item table read
+into the stages' arrays, and every stage's models opened: first, with the TensorFlow / Feast /
+Faiss imports; then again with imports done); one user per call, warm
 (after --warmup calls), over --calls distinct known user ids: p50/p90/p99 of the whole
-`recommend` call and of each stage's `Recommendations.timings`; users per second at batch
+`recommend` call and of each stage's `Recommendations.timings` (`measure.percentiles_ms`);
+users per second at batch
 sizes 1, 16, 64, 256; peak RSS (`resource.getrusage`). Then the cold CLI: the wall time of
 the whole `mstage recommend --user-id ID --json` process, median of --cli-runs.
 
@@ -37,12 +39,15 @@ import sys
 import time
 from pathlib import Path
 
-from measure import run_and_reap
+from measure import artifacts_ready, percentiles_ms, run_and_reap
+
+from mstage.workspace import Artifact, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 MSTAGE = [str(Path(sys.executable).with_name("mstage"))]
 SAMPLE = ROOT / "sample_data"
-ARTIFACTS = ("data", "retrieval", "ranking", "features", "index")
+ARTIFACTS = (Artifact.DATA, Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES,
+             Artifact.INDEX)
 BATCH_SIZES = (1, 16, 64, 256)
 
 
@@ -66,14 +71,6 @@ def run_measured(args: list[str], log: Path, timeout: float) -> dict:
         result = None
     return {"args": args, "seconds": round(seconds, 2), "peak_mib": round(peak_mib),
             "load": load, "result": result}
-
-
-def artifacts_ready(ws: Path) -> bool:
-    manifest = ws / "manifest.json"
-    if not manifest.exists():
-        return False
-    text = manifest.read_text()
-    return all(f'"{a}"' in text for a in ARTIFACTS) and all((ws / a).is_dir() for a in ARTIFACTS)
 
 
 def build(args: argparse.Namespace, ws: Path) -> list[dict]:
@@ -117,31 +114,6 @@ def build(args: argparse.Namespace, ws: Path) -> list[dict]:
     return steps
 
 
-def set_item_source(ws: Path, source: str | None) -> None:
-    """Write `[serving] item_source` into the workspace's mstage.toml (replacing a former one)."""
-    config = ws / "mstage.toml"
-    text = config.read_text() if config.exists() else ""
-    lines = text.splitlines()
-    if "[serving]" in lines:
-        start = lines.index("[serving]")
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
-                   len(lines))
-        lines[start:end] = []
-        while lines and not lines[-1].strip():
-            lines.pop()
-    if source:
-        lines += ["", "[serving]", f'item_source = "{source}"']
-    config.write_text("\n".join(lines).lstrip("\n") + "\n")
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    import numpy as np
-
-    a = np.asarray(values) * 1000
-    out = {f"p{q}": round(float(np.percentile(a, q)), 3) for q in (50, 90, 99)}
-    return out | {"mean": round(float(a.mean()), 3)}
-
-
 def measure(args: argparse.Namespace, ws: Path) -> dict:
     """Everything in-process (runs in a child process of its own)."""
     import numpy as np
@@ -149,26 +121,22 @@ def measure(args: argparse.Namespace, ws: Path) -> dict:
     out: dict = {"load_start": loadavg()}
     started = time.perf_counter()
     from mstage.config import load_config
-    from mstage.pipeline.base import item_table
     from mstage.pipeline.recommender import Recommender
-    from mstage.workspace import Workspace
 
     workspace = Workspace(ws)
-    config = load_config(ws / "mstage.toml")
-    out["item_source"] = config.serving.item_source
-    recommender = Recommender.from_workspace(workspace, config)
+    config = load_config(workspace.config_path)
+    # Stages load lazily: `load()` opens every model now, so the first request is warm.
+    recommender = Recommender.from_workspace(workspace, config).load()
     out["load_first_s"] = round(time.perf_counter() - started, 2)
     out["rss_after_load_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    item_table.cache_clear()
     del recommender
     started = time.perf_counter()
-    recommender = Recommender.from_workspace(workspace, config)
+    recommender = Recommender.from_workspace(workspace, config).load()
     out["load_again_s"] = round(time.perf_counter() - started, 2)
     out["load_after_loads"] = loadavg()
     out["n_items"] = recommender.n_items
 
-    retrieval = dict(recommender.stages)["retrieval"]
-    users = np.sort(_known_users(ws, retrieval))
+    users = np.sort(_known_users(workspace, recommender.plan.stage("retrieval")))
     rng = np.random.default_rng(args.seed)
     users = rng.permutation(users)
     need = args.warmup + args.calls
@@ -190,8 +158,8 @@ def measure(args: argparse.Namespace, ws: Path) -> dict:
             stages.setdefault(t.name, []).append(t.seconds)
         cold += int(result.fallback[0])
     out["load_latency_end"] = loadavg()
-    out["latency_ms"] = {"total": percentiles(totals)} | {k: percentiles(v)
-                                                         for k, v in stages.items()}
+    out["latency_ms"] = {"total": percentiles_ms(totals)} | {k: percentiles_ms(v)
+                                                            for k, v in stages.items()}
     out["latency_calls"] = len(totals)
     out["fallback_answers"] = cold
 
@@ -222,13 +190,13 @@ def measure(args: argparse.Namespace, ws: Path) -> dict:
     return out
 
 
-def _known_users(ws: Path, retrieval):
-    """User ids with a positive in the prepared data that the query tower knows."""
+def _known_users(ws: Workspace, retrieval):
+    """User ids of the prepared data that the (loaded) retrieval stage's query tower knows."""
     import numpy as np
-    import pandas as pd
 
-    ids = pd.read_parquet(ws / "data" / "users.parquet", columns=["user_id"])["user_id"]
-    ids = ids.to_numpy(np.int64)
+    from mstage.data.schema import PreparedData
+
+    ids = PreparedData(ws.path(Artifact.DATA)).users["user_id"].to_numpy(np.int64)
     known = retrieval.query_tower.encoders.user_ids.lookup(ids) > 0
     return ids[known]
 
@@ -247,8 +215,7 @@ def markdown(report: dict) -> str:
     lines = [f"### {report['name']}", ""]
     lines.append(f"Items {report['measure']['n_items']:,}; known users measured "
                  f"{report['measure']['known_users']:,}; top_k {report['measure']['top_k']}, "
-                 f"candidates {report['measure']['candidates']}, item_source "
-                 f"`{report['measure']['item_source']}`.")
+                 f"candidates {report['measure']['candidates']}.")
     lines += ["", "| build step | wall s | peak RSS MiB | load avg (1/5/15 min) |",
               "|---|---|---|---|"]
     for s in report.get("build", []):
@@ -257,7 +224,8 @@ def markdown(report: dict) -> str:
     m = report["measure"]
     lines += ["", "| one user per call (ms) | p50 | p90 | p99 | mean |", "|---|---|---|---|---|"]
     for name, p in m["latency_ms"].items():
-        lines.append(f"| {name} | {p['p50']} | {p['p90']} | {p['p99']} | {p['mean']} |")
+        lines.append(f"| {name} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | "
+                     f"{p['mean_ms']} |")
     lines += ["", "| batch size | users/s | batch p50 ms | batches | load avg |",
               "|---|---|---|---|---|"]
     for t in m["throughput"]:
@@ -286,9 +254,6 @@ def main() -> None:
                    help="synthetic USERSxITEMSxINTERACTIONS")
     p.add_argument("--dir", type=Path, default=Path("/tmp/latency-bench"))
     p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the defaults)")
-    p.add_argument("--item-source", choices=["online", "offline"], default=None,
-                   help="write [serving] item_source into the workspace's mstage.toml "
-                        "(it stays there for later runs)")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--calls", type=int, default=500)
     p.add_argument("--warmup", type=int, default=20)
@@ -310,14 +275,12 @@ def main() -> None:
     report: dict = {"name": name, "machine": platform.machine(),
                     "python": platform.python_version(), "cpus": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%d %H:%M")}
-    if args.rebuild or not artifacts_ready(ws):
+    if args.rebuild or not artifacts_ready(ws, ARTIFACTS):
         print(f"building {ws}", file=sys.stderr, flush=True)
         report["build"] = build(args, ws)
         (root / "build.json").write_text(json.dumps(report["build"]))
     elif (root / "build.json").exists():
         report["build"] = json.loads((root / "build.json").read_text())
-    if args.item_source:
-        set_item_source(ws, args.item_source)
 
     print("measuring in-process", file=sys.stderr, flush=True)
     child = subprocess.run([sys.executable, __file__, "--measure-child", str(ws),

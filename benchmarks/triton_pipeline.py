@@ -8,12 +8,14 @@ train-retrieval, train-ranking, export-features, build-index; reused when
 DIR already holds the index; build-ensemble always runs, so the repository matches the
 code), then measures:
 
-- in-process: `Recommender.recommend` for one user per call (p50/p99) and 64 users per call;
+- in-process: `Recommender.recommend` for one user per call (p50/p90/p99, the same
+  closed-loop driver at concurrency 1) and 64 users per call;
 - Triton: start-up to ready, RSS of the server and its stubs, latency at concurrency 1
-  (p50/p99) and throughput at concurrency 1/4/16 (one client per thread), gRPC and HTTP,
-  through `RecommenderClient.recommend` (top-k 10, known users, so every request takes the
-  retrieval -> filtering -> scoring -> ordering path, not the cold-start shortcut), and
-  Triton's own per-model queue / compute / total time during the latency runs.
+  (p50/p90/p99) and closed-loop throughput at concurrency 1/4/16 (one client per thread),
+  gRPC and HTTP, through `RecommenderClient.recommend` (top-k 10, known users, so every
+  request takes the retrieval -> filtering -> scoring -> ordering path, not the cold-start
+  shortcut), and Triton's own per-model queue / compute / total time during the latency
+  runs (`measure.measure_triton`, shared with triton_floor.py).
 
 Prints one JSON object. Compare with benchmarks/triton_floor.py (the do-nothing ensemble).
 """
@@ -32,18 +34,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from triton_floor import group_rss_mib, throughput  # noqa: E402
+from measure import latency_ms, measure_triton, percentiles_ms, timed  # noqa: E402
 
-from mstage.serving.client import RecommenderClient  # noqa: E402
-from mstage.serving.server import TritonServer, free_ports  # noqa: E402
+from mstage.workspace import Artifact, Workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
 MSTAGE = [sys.executable, "-m", "mstage"]
 TOP_K = 10
+BUILT = (Artifact.DATA, Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES, Artifact.INDEX)
 
 
-def build_workspace(ws: Path) -> dict[str, float]:
+def build_workspace(ws: Workspace) -> dict[str, float]:
     """Run the pipeline's commands on sample_data/; seconds per command."""
     steps = [
         ["prepare-data", "--interactions", SAMPLE / "interactions.parquet",
@@ -57,92 +59,35 @@ def build_workspace(ws: Path) -> dict[str, float]:
     seconds = {}
     for step in steps:
         started = time.perf_counter()
-        subprocess.run([*MSTAGE, "--quiet", "--workspace", str(ws), *map(str, step)],
+        subprocess.run([*MSTAGE, "--quiet", "--workspace", str(ws.root), *map(str, step)],
                        check=True, stdout=subprocess.DEVNULL)
         seconds[step[0]] = round(time.perf_counter() - started, 1)
     return seconds
 
 
-def load_config_value(ws: Path, key: str):
-    from mstage.config import load_config
+def known_users(ws: Workspace) -> list[int]:
+    from mstage.data.schema import PreparedData
 
-    return getattr(load_config(ws / "mstage.toml").serving, key)
-
-
-def known_users(ws: Path) -> list[int]:
-    import pandas as pd
-
-    return sorted(pd.read_parquet(ws / "data" / "users.parquet")["user_id"].tolist())
+    return sorted(PreparedData(ws.path(Artifact.DATA)).users["user_id"].tolist())
 
 
-def percentiles(times_ms: list[float]) -> dict[str, float]:
-    q = np.percentile(times_ms, [50, 99])
-    return {"p50_ms": round(float(q[0]), 3), "p99_ms": round(float(q[1]), 3),
-            "mean_ms": round(statistics.fmean(times_ms), 3)}
-
-
-def in_process(ws: Path, users: list[int], requests: int) -> dict:
+def in_process(ws: Workspace, users: list[int], requests: int) -> dict:
     from mstage.config import load_config
     from mstage.pipeline.recommender import Recommender
-    from mstage.workspace import Workspace
 
-    workspace = Workspace(ws)
     started = time.perf_counter()
-    recommender = Recommender.from_workspace(workspace, load_config(workspace.config_path))
+    recommender = Recommender.from_workspace(ws, load_config(ws.config_path)).load()
     load_s = time.perf_counter() - started
-    for u in users[:20]:
-        recommender.recommend(np.array([u]), TOP_K)
-    single = []
-    for i in range(requests):
-        t = time.perf_counter()
-        recommender.recommend(np.array([users[i % len(users)]]), TOP_K)
-        single.append((time.perf_counter() - t) * 1000)
-    batched = []
-    for i in range(20):
-        chunk = np.array([users[(i * 64 + j) % len(users)] for j in range(64)])
-        t = time.perf_counter()
-        recommender.recommend(chunk, TOP_K)
-        batched.append((time.perf_counter() - t) * 1000)
+    single = latency_ms(lambda: recommender, users, requests, top_k=TOP_K, per_thread=False)
+    chunks = iter([np.array([users[(i * 64 + j) % len(users)] for j in range(64)])
+                   for i in range(21)])
+    batched = timed(lambda: recommender.recommend(next(chunks), TOP_K), 20)
     stages = recommender.recommend(np.array(users[:64]), TOP_K).timings
-    return {"load_s": round(load_s, 2), "one_user": percentiles(single),
-            "one_user_req_per_s": round(1000 / statistics.fmean(single), 1),
-            "batch_64": percentiles(batched),
-            "batch_64_users_per_s": round(64 * 1000 / statistics.fmean(batched), 1),
+    return {"load_s": round(load_s, 2), "one_user": single,
+            "one_user_req_per_s": round(1000 / single["mean_ms"], 1),
+            "batch_64": percentiles_ms(batched),
+            "batch_64_users_per_s": round(64 / statistics.fmean(batched), 1),
             "stage_ms_batch_64": {t.name: round(t.seconds * 1000, 2) for t in stages}}
-
-
-def latency(url: str, protocol: str, users: list[int], requests: int) -> dict[str, float]:
-    with RecommenderClient(url, protocol) as client:
-        for u in users[:20]:
-            client.recommend([u], top_k=TOP_K)
-        times = []
-        for i in range(requests):
-            t = time.perf_counter()
-            client.recommend([users[i % len(users)]], top_k=TOP_K)
-            times.append((time.perf_counter() - t) * 1000)
-    return percentiles(times)
-
-
-def model_stats(http_url: str) -> dict[str, dict[str, int]]:
-    """Per model: Triton's cumulative request count and queue / compute / total nanoseconds."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://{http_url}/v2/models/stats", timeout=10) as response:
-        raw = json.load(response)
-    return {m["name"]: {"count": int(m["inference_stats"]["success"]["count"]),
-                        **{k: int(m["inference_stats"][k]["ns"]) for k in
-                           ("queue", "compute_infer", "success")}} for m in raw["model_stats"]}
-
-
-def stage_breakdown(before: dict, after: dict) -> dict[str, dict[str, float]]:
-    """Mean milliseconds per request and model between two `model_stats` snapshots."""
-    out = {}
-    for name, stats in after.items():
-        n = stats["count"] - before.get(name, {}).get("count", 0)
-        if n:
-            out[name] = {k: round((stats[k] - before[name][k]) / n / 1e6, 3)
-                         for k in ("queue", "compute_infer", "success")}
-    return out
 
 
 def main() -> None:
@@ -156,52 +101,27 @@ def main() -> None:
                         help="Write [serving] batch_delay_us into the workspace first.")
     args = parser.parse_args()
 
-    ws = args.workspace.resolve()
-    repo = ws / "ensemble" / "model_repository"
-    result: dict = {"workspace": str(ws)}
-    if not (ws / "index").is_dir():
-        result["build_s"] = build_workspace(ws)
-    if args.batch_delay_us is not None:
-        from mstage.config import load_config, override, save_section
+    from mstage.config import load_config, override, save_section
+    from mstage.serving.ensemble import repository_path
 
-        serving = load_config(ws / "mstage.toml").serving
-        save_section(ws / "mstage.toml", "serving",
-                     override(serving, batch_delay_us=args.batch_delay_us))
-    result["batch_delay_us"] = load_config_value(ws, "batch_delay_us")
+    ws = Workspace(args.workspace.resolve())
+    result: dict = {"workspace": str(ws.root)}
+    if not all(ws.exists(a) for a in BUILT):
+        result["build_s"] = build_workspace(ws)
+    serving = load_config(ws.config_path).serving
+    if args.batch_delay_us is not None:
+        serving = override(serving, batch_delay_us=args.batch_delay_us)
+        save_section(ws.config_path, "serving", serving)
+    result["batch_delay_us"] = serving.batch_delay_us
     started = time.perf_counter()  # always: the repository must match the code measured
-    subprocess.run([*MSTAGE, "--quiet", "--workspace", str(ws), "build-ensemble"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([*MSTAGE, "--quiet", "--workspace", str(ws.root), "build-ensemble"],
+                   check=True, stdout=subprocess.DEVNULL)
     result["build_ensemble_s"] = round(time.perf_counter() - started, 1)
     users = known_users(ws)
     result["in_process"] = in_process(ws, users, args.requests)
-
-    logs = ws / "logs" / "bench"
-    startup = []
-    for _ in range(args.starts):
-        http_port, grpc_port = free_ports(2)
-        server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, log_dir=logs,
-                              ready_timeout_s=600)
-        t = time.perf_counter()
-        server.start()
-        startup.append(round(time.perf_counter() - t, 2))
-        server.stop()
-    result["startup_s"] = startup
-    http_port, grpc_port = free_ports(2)
-    with TritonServer(repo, http_port=http_port, grpc_port=grpc_port, log_dir=logs,
-                      ready_timeout_s=600) as server:
-        urls = {"grpc": server.endpoints.grpc_url, "http": server.endpoints.http_url}
-        rss, processes = group_rss_mib(server.process.pid)
-        result |= {"rss_idle_mib": round(rss, 1), "processes": processes,
-                   "latency": {}, "throughput": {}}
-        for protocol, url in urls.items():
-            before = model_stats(urls["http"])
-            result["latency"][protocol] = latency(url, protocol, users, args.requests)
-            result.setdefault("server_ms_per_request", {})[protocol] = stage_breakdown(
-                before, model_stats(urls["http"]))
-            result["throughput"][protocol] = {
-                str(c): throughput(url, protocol, c, args.seconds, users=users, top_k=TOP_K,
-                                  warmup_s=1.0) for c in (1, 4, 16)}
-        result["rss_after_load_mib"] = round(group_rss_mib(server.process.pid)[0], 1)
+    result |= measure_triton(repository_path(ws), ws.logs_dir / "bench", users,
+                             requests=args.requests, seconds=args.seconds, starts=args.starts,
+                             top_k=TOP_K, ready_timeout_s=600)
     print(json.dumps(result, indent=2))
 
 

@@ -147,24 +147,20 @@ def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table) -> Callable:
     """Exact two-tower scores: user ids [b] -> inner products float32 [b, n_catalog].
 
     Catalog items without an exported embedding score -inf (never recommended)."""
-    from mstage.index.source import read_item_embeddings
+    from mstage.data.lookup import IdLookup
+    from mstage.models.retrieval_artifact import read_item_embeddings
     from mstage.models.two_tower import load_query_tower
 
     directory = ws.require(Artifact.RETRIEVAL)
     tower = load_query_tower(directory)
     items = read_item_embeddings(directory)
-    order = np.argsort(items.item_ids, kind="stable")
-    slot = np.clip(np.searchsorted(items.item_ids, eval_set.catalog, sorter=order), 0,
-                   max(len(order) - 1, 0))
-    rows = order[slot]
-    known = items.item_ids[rows] == eval_set.catalog
+    rows, known = IdLookup(items.item_ids).find(eval_set.catalog)
     catalog_emb = np.where(known[:, None], items.embeddings[rows], 0.0).astype(np.float32)
-    user_ids = users_table["user_id"].to_numpy(np.int64)
-    user_order = np.argsort(user_ids, kind="stable")
+    users = IdLookup(users_table["user_id"].to_numpy(np.int64))
     columns = {c: users_table[c].to_numpy() for c in users_table.columns}
 
     def score(batch_users: np.ndarray) -> np.ndarray:
-        at = user_order[np.searchsorted(user_ids, batch_users, sorter=user_order)]
+        at, _ = users.find(batch_users)
         scores = tower({c: v[at] for c, v in columns.items()}) @ catalog_emb.T
         scores[:, ~known] = -np.inf
         return scores

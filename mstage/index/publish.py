@@ -7,7 +7,7 @@ from typing import Any
 from mstage.config import IndexConfig, as_dict
 from mstage.index.faiss_index import build_index
 from mstage.index.queries import tuning_queries
-from mstage.index.source import read_item_embeddings
+from mstage.index.source import item_source
 from mstage.index.spec import resolve
 from mstage.progress import SILENT, Reporter
 from mstage.workspace import Artifact, Workspace, fingerprint_file
@@ -24,7 +24,7 @@ def publish_index(
     Building and saving run inside `ws.build`: a failure there (or Ctrl-C) keeps the
     previous index. Returns the index metadata (what metadata.json holds).
     """
-    source = read_item_embeddings(ws.require(Artifact.RETRIEVAL))
+    source, metric = item_source(ws.require(Artifact.RETRIEVAL))
     choice = config.queries
     exact = resolve(config.index, len(source.item_ids), config.exact_below).kind == "flat"
     if choice == "auto" and exact:
@@ -33,7 +33,7 @@ def publish_index(
     with ws.build(Artifact.INDEX) as build:
         index = build_index(
             source.embeddings, source.item_ids, config.index,
-            metric=source.metric, target_recall=config.target_recall,
+            metric=metric, target_recall=config.target_recall,
             exact_below=config.exact_below, queries=queries.embeddings,
             queries_source=queries.source, tune_queries=config.tune_queries,
             seed=config.seed, use_gpu=use_gpu,

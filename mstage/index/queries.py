@@ -16,11 +16,11 @@ import numpy as np
 
 from mstage.errors import MstageError
 from mstage.index.source import read_query_embeddings
+from mstage.models.retrieval_artifact import has_query_tower
 from mstage.progress import Reporter
 from mstage.workspace import Artifact, Workspace
 
 SOURCES = ("auto", "users", "items")
-QUERY_TOWER_DIR = "query_tower"
 
 
 @dataclass
@@ -50,7 +50,7 @@ def tuning_queries(ws: Workspace, choice: str, size: int, seed: int,
     if choice not in SOURCES:
         path = Path(choice)
         return TuningQueries(read_query_embeddings(path), str(path), path)
-    has_tower = (ws.path(Artifact.RETRIEVAL) / QUERY_TOWER_DIR).is_dir()
+    has_tower = has_query_tower(ws.path(Artifact.RETRIEVAL))
     if choice == "auto" and not (has_tower and ws.exists(Artifact.DATA)):
         return TuningQueries(None, "items")
     try:

@@ -1,96 +1,39 @@
-"""Read the retrieval artifact's item embeddings and metric, and optional query embeddings.
-
-`workspace/retrieval/item_embeddings.parquet` holds `item_id` int64 and `embedding`
-list<float32> (one row per item); `params.json` may name the metric the model trained with
-(key `metric` or `similarity`; default inner product).
+"""What an index is built from: the retrieval artifact's item embeddings and metric, and
+query embeddings a user passes to `--queries` (a .parquet `embedding` column or a .npy file).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mstage.errors import ArtifactMissing, InputError
+from mstage.errors import InputError
 from mstage.index.spec import DEFAULT_METRIC, canonical_metric
+from mstage.models.retrieval_artifact import (
+    PARAMS_FILE,
+    ItemEmbeddings,
+    embedding_matrix,
+    read_item_embeddings,
+    read_parquet,
+)
 
-ITEM_EMBEDDINGS = "item_embeddings.parquet"
-PARAMS = "params.json"
 METRIC_KEYS = ("metric", "similarity")  # train-retrieval writes "similarity"
 
 
-@dataclass
-class ItemEmbeddings:
-    item_ids: np.ndarray  # [n] int64
-    embeddings: np.ndarray  # [n, d] float32
-    metric: str
-    path: Path
-
-
-def _embedding_matrix(table, path: Path) -> np.ndarray:
-    """The `embedding` list column as [n, d] float32; InputError on nulls or ragged rows."""
-    import pyarrow.compute as pc
-
-    column = table.column("embedding").combine_chunks()
-    if column.null_count:
-        raise InputError(
-            f"expected an embedding for every item in {path}, found {column.null_count} "
-            "missing; retrain with `mstage train-retrieval`"
-        )
-    if len(column) == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    lengths = np.unique(pc.list_value_length(column).to_numpy())
-    if len(lengths) != 1:
-        raise InputError(
-            f"expected embeddings of one dimension in {path}, found lengths "
-            f"{', '.join(str(v) for v in lengths[:5])}; retrain with `mstage train-retrieval`"
-        )
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.astype(np.float32, copy=False).reshape(len(column), int(lengths[0]))
-
-
-def _read_parquet(path: Path, columns: list[str]):
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for unreadable files
-        raise InputError(f"expected a parquet file at {path}, found unreadable data: {e}") from None
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise InputError(
-            f"expected columns {', '.join(columns)} in {path}, found "
-            f"{', '.join(table.column_names) or 'none'}; retrain with `mstage train-retrieval`"
-        )
-    return table
-
-
-def read_metric(retrieval_dir: Path) -> str:
-    path = Path(retrieval_dir) / PARAMS
-    if not path.is_file():
-        return DEFAULT_METRIC
-    try:
-        params = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"expected JSON in {path}, found an error: {e}") from None
+def metric_of(embeddings: ItemEmbeddings) -> str:
+    """The metric the towers were trained for (params.json; default inner product)."""
     for key in METRIC_KEYS:
-        if key in params:
-            return canonical_metric(params[key], f"{path} key {key!r}")
+        if key in embeddings.params:
+            return canonical_metric(embeddings.params[key],
+                                    f"{embeddings.path.parent / PARAMS_FILE} key {key!r}")
     return DEFAULT_METRIC
 
 
-def read_item_embeddings(retrieval_dir: Path) -> ItemEmbeddings:
-    """Item ids, embeddings and metric of a retrieval artifact (unvalidated values)."""
-    path = Path(retrieval_dir) / ITEM_EMBEDDINGS
-    if not path.is_file():
-        raise ArtifactMissing(
-            f"expected item embeddings at {path}, found nothing; run `mstage train-retrieval`"
-        )
-    table = _read_parquet(path, ["item_id", "embedding"])
-    ids = table.column("item_id").to_numpy()
-    return ItemEmbeddings(ids, _embedding_matrix(table, path), read_metric(retrieval_dir), path)
+def item_source(retrieval_dir: Path) -> tuple[ItemEmbeddings, str]:
+    """The retrieval artifact's item embeddings and their metric."""
+    embeddings = read_item_embeddings(retrieval_dir)
+    return embeddings, metric_of(embeddings)
 
 
 def read_query_embeddings(path: Path) -> np.ndarray:
@@ -106,4 +49,4 @@ def read_query_embeddings(path: Path) -> np.ndarray:
             return np.load(path, allow_pickle=False)
         except ValueError as e:
             raise InputError(f"expected a numeric .npy array in {path}, found: {e}") from None
-    return _embedding_matrix(_read_parquet(path, ["embedding"]), path)
+    return embedding_matrix(read_parquet(path, ["embedding"]), path)

@@ -18,15 +18,14 @@ import numpy as np
 
 from mstage.errors import ArtifactMissing, TrainingDiverged
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
+from mstage.models.retrieval_artifact import (
+    ENCODERS_DIR,
+    ITEM_TOWER,
+    PARAMS_FILE,
+    QUERY_TOWER,
+    write_item_embeddings,
+)
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
-
-QUERY_TOWER = "query_tower"
-ITEM_TOWER = "item_tower"
-ENCODERS_DIR = "encoders"
-PARAMS_FILE = "params.json"
-ITEM_EMBEDDINGS = "item_embeddings.parquet"
-QUERY_FILES = (QUERY_TOWER, ENCODERS_DIR, PARAMS_FILE)
-"""What serving reads of a retrieval artifact: the query side only."""
 
 
 @dataclass(frozen=True)
@@ -165,11 +164,8 @@ class TwoTower:
 
     # export ------------------------------------------------------------------------------
     def export(self, directory: Path, item_ids: np.ndarray, extra_params: dict[str, Any]) -> None:
-        """Write query_tower/, item_tower/ (SavedModels), encoders/, item_embeddings.parquet
-        (every item row of `items`, ids `item_ids`) and params.json into `directory`."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        """Write the retrieval artifact (see `retrieval_artifact`) into `directory`: both
+        towers, the encoders, every item row's embedding (ids `item_ids`) and params.json."""
         tf = _tf()
         directory = Path(directory)
         for tower, side, sub in ((self.query_tower, "user", QUERY_TOWER),
@@ -178,13 +174,7 @@ class TwoTower:
             tf.saved_model.save(module, str(directory / sub),
                                 signatures={"serving_default": module.serving_default})
         self.encoders.save(directory / ENCODERS_DIR)
-        emb = self.item_embeddings(np.arange(len(item_ids)))
-        flat = pa.array(emb.reshape(-1), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1]).cast(
-            pa.list_(pa.float32()))
-        table = pa.table({"item_id": pa.array(np.asarray(item_ids, np.int64)),
-                          "embedding": column})
-        pq.write_table(table, directory / ITEM_EMBEDDINGS)
+        write_item_embeddings(directory, item_ids, self.item_embeddings(np.arange(len(item_ids))))
         params = {
             **asdict(self.params),
             "similarity": "inner_product",

@@ -23,7 +23,7 @@ from mstage.columns import (
     ColumnSpec,
 )
 from mstage.features.online import ONLINE_FILES
-from mstage.models import dlrm, two_tower
+from mstage.models import dlrm, retrieval_artifact
 from mstage.pipeline.stage import Stage
 
 THREADED_BATCH = 32  # below this many queries, OpenMP start-up costs more than it saves
@@ -56,7 +56,7 @@ class RetrieveCandidates(Stage):
     params: `candidates` (N), `recent_items` (width), `user_features` (the ranker's encoded
     user inputs). arrays: `popular` (item ids, most popular first)."""
 
-    READS = {"retrieval": two_tower.QUERY_FILES, "index": (), "features": ONLINE_FILES,
+    READS = {"retrieval": retrieval_artifact.QUERY_FILES, "index": (), "features": ONLINE_FILES,
              "ranking": (dlrm.ENCODERS_DIR,)}
 
     @property

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from cli_runner import run_python
 from pipeline_workspace import (
     copy_workspace,
     known_and_unknown_users,
@@ -46,6 +47,41 @@ def test_repository_is_complete_and_self_contained(cli, pipeline_workspace, tmp_
 
     status = json.loads(cli("-w", ws, "status", "--json").stdout)
     assert {a["artifact"]: a["state"] for a in status["artifacts"]}["ensemble"] == "ready"
+
+
+@pytest.mark.slow
+def test_builds_without_tensorflow_or_feast_and_copies_only_what_stages_read(
+        pipeline_workspace, tmp_path):
+    """Stages declare their columns from params: writing the repository loads no model."""
+    ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
+    script = ("import sys\n"
+              "from mstage.cli.main import app\n"
+              "try:\n"
+              f"    app(['-w', {str(ws)!r}, '-q', 'build-ensemble'])\n"
+              "except SystemExit as e:\n"
+              "    assert not e.code, e.code\n"
+              "print(sorted(m for m in ('tensorflow', 'keras', 'feast', 'faiss')"
+              " if m in sys.modules))\n")
+    done = run_python("-c", script)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+    repo = ws / "ensemble" / "model_repository"
+    copied = {stage: sorted(p.name for p in (repo / stage / "1" / "artifacts").iterdir())
+              for stage in STAGES}
+    assert copied == {
+        "mstage_retrieval": ["arrays.npz", "features", "index", "ranking", "retrieval",
+                             "stage.json"],
+        "mstage_filtering": ["arrays.npz", "stage.json"],
+        "mstage_scoring": ["arrays.npz", "ranking", "stage.json"],
+        "mstage_ordering": ["stage.json"],
+    }
+    artifacts = repo / "mstage_retrieval" / "1" / "artifacts"
+    assert sorted(p.name for p in (artifacts / "retrieval").iterdir()) == \
+        ["encoders", "params.json", "query_tower"]  # no item tower, no item embeddings
+    assert sorted(p.name for p in (artifacts / "features").iterdir()) == \
+        ["feature_store.yaml", "features.json", "online.db", "registry.db"]
+    assert [p.name for p in (repo / "mstage_scoring/1/artifacts/ranking").iterdir()] == \
+        ["saved_model"]
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from pipeline_workspace import known_and_unknown_users
 
-from mstage.config import Config, FilteringConfig
 from mstage.columns import PAD
+from mstage.config import Config, FilteringConfig
 from mstage.pipeline.ordering import blended_score, top_k
 from mstage.pipeline.recommender import Recommender
 from mstage.pipeline.stage import Stage

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,8 +214,8 @@ def test_unused_request_input_is_left_out_and_required_when_a_reader_requires_it
 def test_missing_column_names_stage_and_what_is_available():
     stages = [("retrieve", declared([USER_ID], [ITEMS, SCORES])),
               ("order", declared([ITEMS, USER_FEATURES], [ITEMS, SCORES]))]
-    with pytest.raises(ConfigError, match=r"stage 'order' expects column 'user_features' \(float32, "
-                       r"shape \[-1, 4\]\), found no earlier stage .*available: \['item_ids', "
+    with pytest.raises(ConfigError, match=r"stage 'order' expects column 'user_features' "
+                       r"\(float32, shape \[-1, 4\]\), found no earlier stage .*available: \['item_ids', "
                        r"'scores', 'top_k', 'user_id'\]"):
         plan_ensemble(stages)
 

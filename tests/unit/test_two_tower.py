@@ -12,7 +12,8 @@ from retrieval_data import write_prepared
 from mstage.config import RetrievalConfig
 from mstage.data.schema import PreparedData
 from mstage.errors import TrainingDiverged
-from mstage.models.two_tower import ITEM_EMBEDDINGS, load_query_tower
+from mstage.models.retrieval_artifact import ITEM_EMBEDDINGS
+from mstage.models.two_tower import load_query_tower
 from mstage.training.retrieval import fit_retrieval
 
 pytestmark = pytest.mark.slow
