@@ -14,13 +14,13 @@ import argparse
 import json
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from measure import percentiles_ms, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,20 +69,14 @@ def publish_synthetic(root: Path, n_users: int, n_items: int, per_user: int, see
 
 
 def latency_ms(fn, repeats: int) -> dict[str, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return {"median": round(statistics.median(times), 2),
-            "p95": round(times[int(0.95 * (len(times) - 1))], 2)}
+    """p50 and p95 ms of `repeats` calls of `fn` after one warm-up call."""
+    return percentiles_ms(timed(fn, repeats), qs=(50, 95))
 
 
 def bench_store(root: Path, online_store: str, n_users: int, n_items: int, seed: int) -> dict:
     from mstage.config import FeaturesConfig
     from mstage.features.online import OnlineFeatures
+    from mstage.features.repo import ONLINE_DB
     from mstage.features.store import export_features
     from mstage.workspace import Workspace
 
@@ -110,7 +104,7 @@ def bench_store(root: Path, online_store: str, n_users: int, n_items: int, seed:
     assert len(online.all_items(source="offline")) == n_items
     row["all_items_offline_s"] = round(time.perf_counter() - started, 2)
     if row["store"] == "sqlite":
-        row["sqlite_mb"] = round((result.directory / "online.db").stat().st_size / 2**20)
+        row["sqlite_mb"] = round((result.directory / ONLINE_DB).stat().st_size / 2**20)
     return row
 
 
@@ -143,11 +137,11 @@ def main() -> None:
             print(json.dumps(rows[-1]), file=sys.stderr)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of the whole run: {peak_mb:.0f} MB", file=sys.stderr)
-        print("| store | export s | materialize s | read-back | 1 user ms (median / p95) | "
+        print("| store | export s | materialize s | read-back | 1 user ms (p50 / p95) | "
               "100 items ms | 1000 items ms | all_items() s online / offline |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
-            fmt = lambda d: f"{d['median']} / {d['p95']}"  # noqa: E731
+            fmt = lambda d: f"{d['p50_ms']} / {d['p95_ms']}"  # noqa: E731
             print(f"| {r['store']} | {r['export_s']} | {r['materialize_s']} | {r['read_back']} | "
                   f"{fmt(r['user_1'])} | {fmt(r['items_100'])} | {fmt(r['items_1000'])} | "
                   f"{r['all_items_s']} / {r['all_items_offline_s']} |")

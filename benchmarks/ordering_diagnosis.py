@@ -19,12 +19,13 @@ import numpy as np
 
 
 def main(workspace: str, factors: str | None = None) -> None:
+    from mstage.columns import FILTERED_IDS, FILTERED_SCORES, PAD, RANKING_SCORES, RECENT_ITEMS
     from mstage.config import load_config
     from mstage.data.schema import PreparedData
     from mstage.evaluation.evaluate import seen_items
     from mstage.evaluation.metrics import auc, ndcg_at_k, recall_at_k
     from mstage.evaluation.protocol import load_eval_set
-    from mstage.pipeline.recommender import Recommender, _pad_rows
+    from mstage.pipeline.recommender import Recommender, pad_rows
     from mstage.workspace import Artifact, Workspace
 
     ws = Workspace(workspace)
@@ -35,10 +36,10 @@ def main(workspace: str, factors: str | None = None) -> None:
                                              top_k=100)
     columns, _ = recommender.pipeline.run(
         {"user_id": users, "top_k": np.full(len(users), 100)},
-        pinned={"recent_items": _pad_rows(seen_items(eval_set, users))})
-    ids = columns["filtered_ids"]
-    retrieval, ranker = columns["filtered_scores"], columns["ranking_scores"]
-    real = ids != -1
+        pinned={RECENT_ITEMS: pad_rows(seen_items(eval_set, users))})
+    ids = columns[FILTERED_IDS]
+    retrieval, ranker = columns[FILTERED_SCORES], columns[RANKING_SCORES]
+    real = ids != PAD
     p = np.clip(ranker, 1e-6, 1 - 1e-6)
     orders = {"retrieval score": retrieval, "ranker probability (pipeline)": ranker,
               "ranker logit + retrieval / 0.1": np.log(p) - np.log1p(-p) + retrieval / 0.1}

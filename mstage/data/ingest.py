@@ -19,7 +19,7 @@ from mstage.data.checks import require_no_nulls
 from mstage.data.ids import IdMap, build_id_map
 from mstage.data.labels import to_labels
 from mstage.data.readers import read_columns, read_table
-from mstage.data.schema import SPLITS, TEST, VALID, Feature, Schema, fold_column
+from mstage.data.schema import SPLITS, TEST, VALID, Feature, Schema, fold_column, write_prepared
 from mstage.data.timestamps import to_unix_seconds
 from mstage.errors import ConfigError, InputError
 from mstage.progress import SILENT, Reporter
@@ -220,19 +220,9 @@ def _fold_counts(df) -> dict[str, dict[str, int]]:
 
 
 def _write(directory: Path, prepared: Prepared) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pandas(prepared.interactions, preserve_index=False),
-                   directory / "interactions.parquet")
-    pq.write_table(prepared.users.to_arrow(), directory / "users.parquet")
-    pq.write_table(prepared.items.to_arrow(), directory / "items.parquet")
-    string_maps = {name: m for name, m in prepared.id_maps.items() if m.is_string}
-    if string_maps:
-        (directory / "id_maps").mkdir()
-        for name, id_map in string_maps.items():
-            id_map.table().to_parquet(directory / "id_maps" / f"{name}.parquet", index=False)
-    prepared.schema.save(directory / "schema.json")
+    id_maps = {name: m.table() for name, m in prepared.id_maps.items() if m.is_string}
+    write_prepared(directory, prepared.interactions, prepared.users.to_arrow(),
+                   prepared.items.to_arrow(), prepared.schema, id_maps)
 
 
 @dataclass

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+SCHEMA_FILE = "schema.json"
+ID_MAPS = "id_maps"
 FIT, VALID, TEST = 0, 1, 2
 SPLITS = ("user-temporal", "global")
 KINDS = ("categorical", "numeric", "multi")
@@ -61,14 +63,24 @@ class Schema:
         return cls(**raw)
 
 
-def write_prepared(directory: Path, interactions, users, items, schema: Schema) -> Path:
-    """Write pandas tables and their schema in this layout (tests, benchmarks, generators of
-    prepared data that skip ingest); `mstage prepare-data` writes the same files itself."""
+def write_prepared(directory: Path, interactions, users, items, schema: Schema,
+                   id_maps: dict | None = None) -> Path:
+    """Write the tables (pandas DataFrames or pyarrow Tables), their schema and, for string
+    ids, the `id_maps` ({"users"|"items": DataFrame raw_id, id}) in this layout. The one
+    writer: `mstage prepare-data`, tests and benchmarks all go through it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     directory.mkdir(parents=True, exist_ok=True)
-    interactions.to_parquet(directory / "interactions.parquet", index=False)
-    users.to_parquet(directory / "users.parquet", index=False)
-    items.to_parquet(directory / "items.parquet", index=False)
-    schema.save(directory / "schema.json")
+    for name, table in (("interactions", interactions), ("users", users), ("items", items)):
+        if not isinstance(table, pa.Table):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        pq.write_table(table, directory / f"{name}.parquet")
+    if id_maps:
+        (directory / ID_MAPS).mkdir()
+        for name, table in id_maps.items():
+            table.to_parquet(directory / ID_MAPS / f"{name}.parquet", index=False)
+    schema.save(directory / SCHEMA_FILE)
     return directory
 
 
@@ -77,7 +89,7 @@ class PreparedData:
 
     def __init__(self, root: Path):
         self.root = root
-        self.schema = Schema.load(root / "schema.json")
+        self.schema = Schema.load(root / SCHEMA_FILE)
         self._cache: dict[str, object] = {}
 
     def _read(self, name: str):
@@ -103,7 +115,7 @@ class PreparedData:
         """`raw_id` -> `id` DataFrame for 'users' or 'items'; None when those ids were numeric."""
         import pandas as pd
 
-        path = self.root / "id_maps" / f"{kind}.parquet"
+        path = self.root / ID_MAPS / f"{kind}.parquet"
         return pd.read_parquet(path) if path.exists() else None
 
     def positives(self):

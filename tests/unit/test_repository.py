@@ -215,8 +215,8 @@ def test_missing_column_names_stage_and_what_is_available():
     stages = [("retrieve", declared([USER_ID], [ITEMS, SCORES])),
               ("order", declared([ITEMS, USER_FEATURES], [ITEMS, SCORES]))]
     with pytest.raises(ConfigError, match=r"stage 'order' expects column 'user_features' "
-                       r"\(float32, shape \[-1, 4\]\), found no earlier stage .*available: \['item_ids', "
-                       r"'scores', 'top_k', 'user_id'\]"):
+                       r"\(float32, shape \[-1, 4\]\), found no earlier stage .*available: "
+                       r"\['item_ids', 'scores', 'top_k', 'user_id'\]"):
         plan_ensemble(stages)
 
 
