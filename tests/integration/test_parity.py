@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from cli_runner import run_cli, run_mstage_process, run_python
 from pipeline_workspace import copy_workspace, known_and_unknown_users
+from raw_triton import raw_infer
 
 from mstage.serving.server import (
     free_ports,
@@ -114,25 +115,10 @@ def test_doc_snippet_runs_as_written(cli, served, in_process, users):
         assert json.loads(items) == expected[int(user)]["item_ids"]
 
 
-def _raw_grpc(served, arrays: dict[str, tuple[np.ndarray, str]]):
-    """A plain tritonclient request (no mstage code on the client side)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(served.grpc)
-    try:
-        inputs = []
-        for name, (array, dtype) in arrays.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return client.infer("mstage_recommender", inputs)
-    finally:
-        client.close()
-
-
 def test_unknown_user_gets_the_fallback_from_a_raw_request(served, in_process, users):
     unknown = users[-1]
-    result = _raw_grpc(served, {"user_id": (np.array([[unknown]], dtype=np.int64), "INT64")})
+    result = raw_infer(served.grpc, "mstage_recommender",
+                       {"user_id": (np.array([[unknown]], dtype=np.int64), "INT64")})
     items = result.as_numpy("item_ids")[0]
     assert result.as_numpy("fallback").reshape(-1).tolist() == [1]
     assert items[items != -1].tolist() == in_process[unknown]["item_ids"]  # default top_k = 10
@@ -149,9 +135,10 @@ def test_malformed_request_names_the_input_and_server_stays_up(served, arrays, m
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match=message):
-        _raw_grpc(served, arrays)
+        raw_infer(served.grpc, "mstage_recommender", arrays)
     assert http_ready(f"http://{served.http}/v2/health/ready")
-    ok = _raw_grpc(served, {"user_id": (np.array([[1]], dtype=np.int64), "INT64")})
+    ok = raw_infer(served.grpc, "mstage_recommender",
+                   {"user_id": (np.array([[1]], dtype=np.int64), "INT64")})
     assert ok.as_numpy("item_ids").shape == (1, TOP_K)
 
 

@@ -66,6 +66,12 @@ def test_non_positive_options_are_usage_errors(cli, prepared, option, value):
     assert f"expected {option} > 0, found {value}" in result.stderr
 
 
+def test_seed_outside_numpy_range_is_a_usage_error(cli, prepared):
+    result = cli("train-retrieval", "--seed", "-1")
+    assert result.exit_code == 2
+    assert "expected --seed in 0..4294967295, found -1" in result.stderr
+
+
 def test_batch_larger_than_data_is_shrunk_and_said(cli, isolated_workspace):
     publish_prepared(isolated_workspace, n_users=20, n_items=25, per_user=5)
     result = cli("train-retrieval", "--epochs", "1", "--batch-size", "100000")

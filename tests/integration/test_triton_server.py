@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from raw_triton import raw_infer
 from toy_operators import write_toy_repository
 
 from mstage.errors import ServerError, UsageError
@@ -71,21 +72,6 @@ def test_concurrent_requests_are_batched_and_split_back_correctly(toy_server):
     assert answers == [[u * 100 + 2] for u in range(1, 33)]
 
 
-def _raw_infer(server, model, arrays):
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(server.endpoints.grpc_url)
-    try:
-        inputs = []
-        for name, (array, dtype) in arrays.items():
-            tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return client.infer(model, inputs)
-    finally:
-        client.close()
-
-
 def _assert_still_serving(server):
     with RecommenderClient(server.endpoints.grpc_url) as client:
         assert client.recommend([5], top_k=1).item_ids[0].tolist() == [502]
@@ -95,7 +81,7 @@ def test_wrong_dtype_from_raw_client_names_the_input_and_server_stays_up(toy_ser
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match="user_id.*FP32.*INT64"):
-        _raw_infer(toy_server, "mstage_recommender",
+        raw_infer(toy_server.endpoints.grpc_url, "mstage_recommender",
                    {"user_id": (np.array([[1.0]], dtype=np.float32), "FP32")})
     _assert_still_serving(toy_server)
 
@@ -104,7 +90,7 @@ def test_missing_input_from_raw_client_names_the_input_and_server_stays_up(toy_s
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match="scores"):
-        _raw_infer(toy_server, "toy_order",
+        raw_infer(toy_server.endpoints.grpc_url, "toy_order",
                    {"item_ids": (np.array([[1, 2]], dtype=np.int64), "INT64")})
     _assert_still_serving(toy_server)
 

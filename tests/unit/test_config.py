@@ -2,7 +2,15 @@
 
 import pytest
 
-from mstage.config import Config, DataConfig, RetrievalConfig, load_config, override, save_section
+from mstage.config import (
+    Config,
+    DataConfig,
+    RankingConfig,
+    RetrievalConfig,
+    load_config,
+    override,
+    save_section,
+)
 from mstage.errors import ConfigError
 
 
@@ -50,6 +58,24 @@ def test_override_ignores_absent_options_and_validates():
     assert override(base, epochs=None, seed=7) == RetrievalConfig(epochs=5, seed=7)
     with pytest.raises(ConfigError):
         override(base, batch_size=-1)
+
+
+def test_override_with_flags_names_the_option():
+    with pytest.raises(ConfigError, match=r"^expected --batch-size > 0, found -1; pass a "
+                                          r"positive value$"):
+        override(RetrievalConfig(), flags=True, batch_size=-1)
+    with pytest.raises(ConfigError, match=r"^expected retrieval.batch_size > 0, found -1$"):
+        override(RetrievalConfig(), batch_size=-1)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+@pytest.mark.parametrize(("cls", "section"), [(RetrievalConfig, "retrieval"),
+                                              (RankingConfig, "ranking")])
+def test_seed_outside_numpy_range_is_rejected(cls, section, seed):
+    with pytest.raises(ConfigError, match=rf"expected {section}.seed in 0..4294967295, "
+                                          rf"found {seed}"):
+        cls(seed=seed)
+    assert cls(seed=2**32 - 1).seed == 2**32 - 1
 
 
 def test_save_section_round_trip_keeps_other_sections(tmp_path):
