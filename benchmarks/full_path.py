@@ -13,40 +13,28 @@ forbids committing it). Prints one Markdown block per data set, ready for RESULT
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from measure import run_and_reap
+from measure import run_mstage
+from movielens_protocol import extract_movielens
 
 ROOT = Path(__file__).resolve().parents[1]
-MSTAGE = [sys.executable, "-m", "mstage"]
 WORK = ROOT / "benchmarks" / ".work" / "full_path"
 MOVIELENS = ROOT / "benchmarks" / ".data" / "movielens-100k"
-EXTRACTOR = ROOT.parent / "shared" / "datasets" / "movielens-100k"
 
 
 def run_measured(args: list[str], workspace: Path | None, log: Path,
                  timeout: float = 3 * 3600) -> dict:
     """Run `mstage [--workspace WS] ARGS`, reaping the child with os.wait4 so its own peak RSS
     is known; wall seconds, peak RSS (MiB) and the parsed JSON of its stdout."""
-    command = MSTAGE + (["--workspace", str(workspace)] if workspace else []) + args
-    out_path = log.with_suffix(".stdout")
-    code, seconds, peak_mib = run_and_reap(command, log, out_path, timeout)
-    if code is None:
+    run = run_mstage((["--workspace", str(workspace)] if workspace else []) + args, log, timeout)
+    if run["code"] is None:
         raise SystemExit(f"`mstage {' '.join(args[:2])}` ran past {timeout:.0f} s")
-    if code != 0:
-        raise SystemExit(f"`mstage {' '.join(args)}` failed ({code}); see {log}")
-    text = out_path.read_text()
-    try:
-        result = json.loads(text) if text.strip() else None
-    except json.JSONDecodeError:
-        result = None
-    return {"seconds": seconds, "peak_mib": peak_mib, "result": result}
+    return run
 
 
 def movielens_stages(data: Path) -> list[tuple[str, list[str]]]:
@@ -170,8 +158,7 @@ def main() -> None:
     machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
     if args.dataset in ("movielens", "both"):
-        if not (MOVIELENS / "ratings.parquet").exists():
-            subprocess.run([str(EXTRACTOR), str(MOVIELENS)], check=True, timeout=600)
+        extract_movielens(MOVIELENS, timeout=600)
         measured = run_dataset("movielens", movielens_stages(MOVIELENS), WORK / "movielens",
                                args)
         print(markdown("MovieLens-100K", measured, f"{machine}; ratings as positives; "

@@ -1,6 +1,7 @@
 """What the benchmark scripts share: run-and-reap, percentiles, the closed-loop load, Triton.
 
-- `run_and_reap`: run a command and reap it with os.wait4, so its own peak RSS is known.
+- `run_and_reap`: run a command and reap it with os.wait4, so its own peak RSS is known;
+  `run_mstage` runs one `mstage ... --json` command that way and parses its answer.
 - `percentiles_ms`: the one percentile summary every script prints (p50/p90/p99 and mean, ms).
 - `closed_loop`: the one closed-loop load generator, `mstage.evaluation.bench.run_level`
   (what `mstage bench` runs), sending one user per request through any `Recommends`;
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from mstage.evaluation.bench import LevelResult, recommend_sender, run_level
 
 LEVELS = (1, 4, 16)
 """Client threads of the throughput points."""
+MSTAGE = [sys.executable, "-m", "mstage"]
 
 
 def run_and_reap(command: list[str], log: Path, out_path: Path, timeout: float,
@@ -47,6 +50,23 @@ def run_and_reap(command: list[str], log: Path, out_path: Path, timeout: float,
                 _, _, usage = os.wait4(process.pid, 0)
                 return None, time.perf_counter() - started, usage.ru_maxrss / 1024
             time.sleep(poll_s)
+
+
+def run_mstage(args: list[str], log: Path, timeout: float, poll_s: float = 0.05) -> dict:
+    """Run `mstage ARGS` with `run_and_reap` (stdout to LOG.stdout, stderr appended to LOG):
+    {"code" (None when it ran past `timeout` and was killed), "seconds", "peak_mib",
+    "result" (the JSON of its first stdout line, as `--json` prints it, or None)}. A non-zero
+    exit is a SystemExit naming the command and the log."""
+    out_path = log.with_suffix(".stdout")
+    code, seconds, peak_mib = run_and_reap(MSTAGE + args, log, out_path, timeout, poll_s)
+    if code is not None and code != 0:
+        raise SystemExit(f"`mstage {' '.join(args)}` failed ({code}); see {log}")
+    text = out_path.read_text() if code is not None else ""
+    try:
+        result = json.loads(text.splitlines()[0]) if text.strip() else None
+    except json.JSONDecodeError:
+        result = None
+    return {"code": code, "seconds": seconds, "peak_mib": peak_mib, "result": result}
 
 
 def percentiles_ms(seconds: Iterable[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:

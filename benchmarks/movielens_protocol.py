@@ -36,10 +36,15 @@ REFERENCE = {
     ("global", "itemknn"): (0.0449, 0.0742, 0.2252, 0.1444, 0.4019, 107),
 }
 COLUMNS = ("recall@10", "recall@20", "recall@100", "ndcg@10", "hitrate@10", "users")
+# The genre flag columns of movies.parquet (MovieLens-100K's u.item).
+GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
 def extract_movielens(data_dir: Path = DEFAULT_DATA, timeout: float = 300) -> Path:
-    """Make sure DIR/ratings.parquet exists, extracting it on first use; returns DIR."""
+    """Make sure DIR/ratings.parquet (and users, movies) exists, extracting it on first use;
+    returns DIR. Every MovieLens benchmark extracts through here."""
     if not (data_dir / "ratings.parquet").exists():
         done = subprocess.run([sys.executable, str(EXTRACTOR), str(data_dir)],
                               capture_output=True, text=True, timeout=timeout)

@@ -39,12 +39,11 @@ import sys
 import time
 from pathlib import Path
 
-from measure import artifacts_ready, percentiles_ms, run_and_reap
+from measure import artifacts_ready, percentiles_ms, run_mstage
 
 from mstage.workspace import Artifact, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-MSTAGE = [str(Path(sys.executable).with_name("mstage"))]
 SAMPLE = ROOT / "sample_data"
 ARTIFACTS = (Artifact.DATA, Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES,
              Artifact.INDEX)
@@ -57,20 +56,12 @@ def loadavg() -> list[float]:
 
 def run_measured(args: list[str], log: Path, timeout: float) -> dict:
     """Run `mstage ARGS`, reaping it with os.wait4: wall seconds, peak RSS MiB, stdout JSON."""
-    out_path = log.with_suffix(".stdout")
     load = loadavg()
-    code, seconds, peak_mib = run_and_reap(MSTAGE + args, log, out_path, timeout, poll_s=0.02)
-    if code is None:
-        return {"args": args, "seconds": seconds, "timed_out": True, "load": load}
-    if code != 0:
-        raise SystemExit(f"`mstage {' '.join(args)}` failed ({code}); see {log}")
-    text = out_path.read_text()
-    try:
-        result = json.loads(text.splitlines()[0]) if text.strip() else None
-    except json.JSONDecodeError:
-        result = None
-    return {"args": args, "seconds": round(seconds, 2), "peak_mib": round(peak_mib),
-            "load": load, "result": result}
+    run = run_mstage(args, log, timeout, poll_s=0.02)
+    if run["code"] is None:
+        return {"args": args, "seconds": run["seconds"], "timed_out": True, "load": load}
+    return {"args": args, "seconds": round(run["seconds"], 2), "peak_mib": round(run["peak_mib"]),
+            "load": load, "result": run["result"]}
 
 
 def build(args: argparse.Namespace, ws: Path) -> list[dict]:
@@ -232,7 +223,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {t['batch']} | {t['users_per_s']} | {t['batch_ms_p50']} | "
                      f"{t['batches']} | {t['load'][0]} |")
     c = report["cli"]
-    lines += ["", f"Load `Recommender.from_workspace`: {m['load_first_s']} s first (with imports), "
+    lines += ["", f"Load `Recommender.from_workspace(...).load()`: {m['load_first_s']} s first "
+              "(with imports), "
               f"{m['load_again_s']} s again. Peak RSS {m['peak_rss_mib']} MiB. Cold "
               f"`mstage recommend --user-id ID --json`: median {c['median_s']} s "
               f"({', '.join(map(str, c['seconds']))}), peak {c['peak_mib']} MiB. Load average "

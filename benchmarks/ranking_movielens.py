@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from measure import percentiles_ms
+from movielens_protocol import GENRES, extract_movielens
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data" / "movielens-100k"
 WORK = HERE / ".work" / "ranking-movielens"
-EXTRACT = HERE.parent.parent / "shared" / "datasets" / "movielens-100k"
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
 def raw_tables() -> dict[str, Path]:
@@ -31,8 +28,7 @@ def raw_tables() -> dict[str, Path]:
     import numpy as np
     import pandas as pd
 
-    if not (DATA / "ratings.parquet").is_file():
-        subprocess.run([sys.executable, str(EXTRACT), str(DATA)], check=True)
+    extract_movielens(DATA)
     raw = WORK / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     ratings = pd.read_parquet(DATA / "ratings.parquet")
@@ -65,8 +61,6 @@ def prepare(workspace):
 def scorer_latency(model_dir: Path, data, repeats: int = 50) -> list[str]:
     """Median ms of RankingScorer for one user against n candidates: raw item features
     (encoded per call) and items encoded once (how the scoring stage holds the catalog)."""
-    import numpy as np
-
     from mstage.models.dlrm import RankingScorer
 
     scorer = RankingScorer.load(model_dir)
@@ -83,8 +77,8 @@ def scorer_latency(model_dir: Path, data, repeats: int = 50) -> list[str]:
             started = time.perf_counter()
             scorer.score_with_encoded_items(user, encoded)
             timings["encoded"].append(time.perf_counter() - started)
-        lines.append(f"| {n} | {1000 * np.median(timings['raw'][5:]):.2f} | "
-                     f"{1000 * np.median(timings['encoded'][5:]):.2f} |")
+        p50 = {k: percentiles_ms(v[5:], qs=(50,))["p50_ms"] for k, v in timings.items()}
+        lines.append(f"| {n} | {p50['raw']:.2f} | {p50['encoded']:.2f} |")
     return lines
 
 

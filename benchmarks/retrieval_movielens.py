@@ -17,18 +17,15 @@ import argparse
 import dataclasses
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from movielens_protocol import GENRES, extract_movielens
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / ".data"
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
 
 
 def movielens_prepared() -> Path:
@@ -41,9 +38,7 @@ def movielens_prepared() -> Path:
     raw, out = DATA / "ml-100k", DATA / "ml-100k-prepared"
     if (out / "schema.json").exists():
         return out
-    if not (raw / "ratings.parquet").exists():
-        subprocess.run([sys.executable, "/work/shared/datasets/movielens-100k", str(raw)],
-                       check=True)
+    extract_movielens(raw)
     ratings = pd.read_parquet(raw / "ratings.parquet")
     users = pd.read_parquet(raw / "users.parquet")
     movies = pd.read_parquet(raw / "movies.parquet")

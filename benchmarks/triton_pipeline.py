@@ -5,8 +5,8 @@
 
 Builds a workspace from sample_data/ once with the real commands (prepare-data,
 train-retrieval, train-ranking, export-features, build-index; reused when
-DIR already holds the index; build-ensemble always runs, so the repository matches the
-code), then measures:
+every one of those artifacts is ready in DIR; build-ensemble always runs, so the repository
+matches the code), then measures:
 
 - in-process: `Recommender.recommend` for one user per call (p50/p90/p99, the same
   closed-loop driver at concurrency 1) and 64 users per call;
@@ -34,13 +34,19 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from measure import latency_ms, measure_triton, percentiles_ms, timed  # noqa: E402
+from measure import (  # noqa: E402
+    MSTAGE,
+    artifacts_ready,
+    latency_ms,
+    measure_triton,
+    percentiles_ms,
+    timed,
+)
 
 from mstage.workspace import Artifact, Workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-MSTAGE = [sys.executable, "-m", "mstage"]
 TOP_K = 10
 BUILT = (Artifact.DATA, Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES, Artifact.INDEX)
 
@@ -106,7 +112,7 @@ def main() -> None:
 
     ws = Workspace(args.workspace.resolve())
     result: dict = {"workspace": str(ws.root)}
-    if not all(ws.exists(a) for a in BUILT):
+    if not artifacts_ready(ws.root, BUILT):
         result["build_s"] = build_workspace(ws)
     serving = load_config(ws.config_path).serving
     if args.batch_delay_us is not None:

@@ -25,7 +25,7 @@ SPLITS = ("user-temporal", "global")
 
 def _positive(section: str, **values: float) -> None:
     for name, value in values.items():
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value <= 0:
+        if value is None or (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
             raise ConfigError(f"expected {section}.{name} > 0, found {value!r}")
 
 
@@ -163,6 +163,7 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         _positive("index", tune_queries=self.tune_queries)
+        _seed("index", self.seed)
         if not self.index.strip():
             raise ConfigError("expected index.index auto, flat, ivf, hnsw or a faiss factory "
                               "string, found an empty string")
@@ -208,6 +209,7 @@ class OrderingConfig:
 
     def __post_init__(self) -> None:
         _one_of("ordering", strategy=(self.strategy, ("topk", "softmax")))
+        _seed("ordering", self.seed)
         _positive("ordering", temperature=self.temperature)
         if self.category_cap < 0:
             raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
@@ -240,6 +242,17 @@ class ServingConfig:
         _positive("serving", top_k=self.top_k, candidates=self.candidates,
                   instances=self.instances)
         _one_of("serving", device=(self.device, ("cpu", "gpu")))
+        if self.candidates < self.top_k:
+            raise ConfigError(f"expected serving.candidates >= serving.top_k, found "
+                              f"{self.candidates} < {self.top_k}; raise serving.candidates or "
+                              "lower serving.top_k")
+        for name in ("http_port", "grpc_port"):
+            if not 1 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"expected serving.{name} in 1..65535, "
+                                  f"found {getattr(self, name)}")
+        if self.max_batch_size < 0 or self.batch_delay_us < 0:
+            raise ConfigError(f"expected serving.max_batch_size and serving.batch_delay_us >= 0, "
+                              f"found {self.max_batch_size} and {self.batch_delay_us}")
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,10 @@ def build_ensemble(
 
     from mstage.config import override
     from mstage.serving.ensemble import build_ensemble as run_build
-    from mstage.serving.ensemble import check_options
 
-    check_options(device=device, instances=instances, top_k=top_k, candidates=candidates)
     s = session()
-    serving = override(s.config.serving, device=device, top_k=top_k, candidates=candidates,
-                       instances=instances)
+    serving = override(s.config.serving, flags=True, device=device, top_k=top_k,
+                       candidates=candidates, instances=instances)
     with s.progress().task("building the model repository"):
         built = run_build(s.workspace, dataclasses.replace(s.config, serving=serving))
     for warning in built.warnings:

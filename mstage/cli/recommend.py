@@ -148,8 +148,8 @@ def answer(recommender, users: list[int], top_k: int, explain: bool):
                                result.explain), stages
 
 
-def _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server,
-                   protocol) -> None:
+def _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol) -> None:
+    """Option combinations; values are checked by the config types."""
     if (user_id is None) == (user_ids_file is None):
         found = "both" if user_id is not None else "neither"
         raise UsageError(f"expected exactly one of --user-id or --user-ids-file, found {found}")
@@ -165,10 +165,6 @@ def _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, ser
                     f"expected {flag} only in-process, found it with --server; the served "
                     "ensemble fixes candidates and ordering when it is built "
                     "(`mstage build-ensemble`), and cannot explain its stages")
-    if top_k is not None and top_k < 1:
-        raise UsageError(f"expected --top-k >= 1, found {top_k}")
-    if candidates is not None and candidates < 1:
-        raise UsageError(f"expected --candidates >= 1, found {candidates}")
 
 
 @command("recommend")
@@ -195,16 +191,14 @@ def recommend(
     """Recommend items for users: a table per user, or one JSON line per user with --json."""
     from mstage.config import override
 
-    _check_options(user_id, user_ids_file, top_k, candidates, explain, seed, server, protocol)
+    _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol)
     s = session()
-    serving = override(s.config.serving, top_k=top_k, candidates=candidates)
+    serving = override(s.config.serving, flags=True, top_k=top_k, candidates=candidates)
     if seed is not None:
         import dataclasses
 
-        s.config = dataclasses.replace(s.config, ordering=override(s.config.ordering, seed=seed))
-    if serving.candidates < serving.top_k:
-        raise UsageError(f"expected --candidates >= --top-k, found {serving.candidates} < "
-                         f"{serving.top_k}; raise --candidates or lower --top-k")
+        ordering = override(s.config.ordering, flags=True, seed=seed)
+        s.config = dataclasses.replace(s.config, ordering=ordering)
     if user_id is not None:
         value = parse_user_id(user_id)
         if value is None:

@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mstage.config import Config, ServingConfig, as_dict
+from mstage.config import Config, as_dict
 from mstage.errors import ConfigError, MstageError
-from mstage.serving.repository import DEVICES, ENSEMBLE, write_repository
+from mstage.serving.repository import ENSEMBLE, write_repository
 from mstage.workspace import Artifact, Workspace
 
 REPOSITORY_DIR = "model_repository"
@@ -48,40 +48,15 @@ def repository_path(ws: Workspace) -> Path:
     return ws.path(Artifact.ENSEMBLE) / REPOSITORY_DIR
 
 
-def check_options(*, device: str | None = None, instances: int | None = None,
-                  top_k: int | None = None, candidates: int | None = None) -> None:
-    """Reject command-line values (None: not given) with messages naming the flag."""
-    if device is not None and device not in DEVICES:
-        raise ConfigError(f"expected --device cpu or gpu, found {device!r}")
-    for flag, value in (("--instances", instances), ("--top-k", top_k),
-                        ("--candidates", candidates)):
-        if value is not None and value < 1:
-            raise ConfigError(f"expected {flag} >= 1, found {value}")
-
-
-def check_serving(serving: ServingConfig) -> None:
-    """Reject serving settings the ensemble cannot be built with (one line each)."""
-    if serving.device not in DEVICES:
-        raise ConfigError(f"expected --device cpu or gpu, found {serving.device!r}")
-    if serving.instances < 1:
-        raise ConfigError(f"expected --instances >= 1, found {serving.instances}")
-    if serving.top_k < 1:
-        raise ConfigError(f"expected --top-k >= 1, found {serving.top_k}")
-    if serving.candidates < serving.top_k:
-        raise ConfigError(f"expected --candidates >= --top-k, found {serving.candidates} < "
-                          f"{serving.top_k}; raise --candidates or lower --top-k")
-
-
 def build_ensemble(ws: Workspace, config: Config) -> EnsembleBuild:
     """Write and publish the model repository for `config.serving`'s settings.
 
     Raises ArtifactMissing (naming the command) when an input artifact is absent and
-    ConfigError for unusable serving settings; stale inputs only warn.
+    ConfigError for a top-k beyond the catalog; stale inputs only warn.
     """
     from mstage.pipeline.recommender import build_plan, stale_warnings
 
     serving = config.serving
-    check_serving(serving)
     plan = build_plan(ws, config)
     n_items = len(plan.stage("filtering").arrays["item_ids"])
     if serving.top_k > n_items:
