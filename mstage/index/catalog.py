@@ -10,10 +10,8 @@ import hashlib
 
 import numpy as np
 
+from mstage.columns import PAD
 from mstage.errors import InputError
-
-PADDING_ID = -1
-"""Faiss pads results with id -1 when fewer than k items are found; no item may use it."""
 
 _EXAMPLES = 5
 
@@ -66,10 +64,10 @@ def check_catalog(
             f"({len(item_ids) - len(unique)} extra rows; e.g. {_examples(dup)}); "
             "deduplicate the items and rerun `mstage train-retrieval`"
         )
-    if (item_ids == PADDING_ID).any():
+    if (item_ids == PAD).any():
         raise InputError(
-            f"expected item ids other than {PADDING_ID} in {source} (faiss uses it to mark "
-            f"'no result'), found item id {PADDING_ID}; remap that item's id in the input data"
+            f"expected item ids other than {PAD} in {source} (faiss uses it to mark "
+            f"'no result'), found item id {PAD}; remap that item's id in the input data"
         )
     return embeddings, item_ids
 

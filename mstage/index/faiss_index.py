@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from mstage.columns import PAD
 from mstage.errors import ArtifactMissing, ConfigError, InputError, UsageError
 from mstage.index import gpu
-from mstage.index.catalog import PADDING_ID, check_catalog, fingerprint_arrays
+from mstage.index.catalog import check_catalog, fingerprint_arrays
 from mstage.index.spec import (
     canonical_metric,
     faiss_message,
@@ -88,7 +89,7 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per query: (ids [b, k] int64, scores [b, k] float32), best first.
 
-        queries: [b, dimension]. Where fewer than k items are found, ids are -1 (PADDING_ID)
+        queries: [b, dimension]. Where fewer than k items are found, ids are -1 (PAD)
         and scores -inf, so padding sorts last and is easy to drop.
         """
         queries = self._check_queries(queries)
@@ -96,13 +97,13 @@ class FaissIndex:
             raise UsageError(f"expected k >= 1 results per query, found {k!r}")
         distances, ids = self.index.search(queries, int(k))
         scores = distances if self.metric == "inner_product" else -distances
-        scores = np.where(ids == PADDING_ID, -np.inf, scores).astype(np.float32, copy=False)
+        scores = np.where(ids == PAD, -np.inf, scores).astype(np.float32, copy=False)
         return ids.astype(np.int64, copy=False), scores
 
     def search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for one query [dimension]: (ids [m], scores [m]) with padding dropped, m <= k."""
         ids, scores = self.search(np.asarray(query).reshape(1, -1), k)
-        keep = ids[0] != PADDING_ID
+        keep = ids[0] != PAD
         return ids[0][keep], scores[0][keep]
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mstage.index.catalog import PADDING_ID
+from mstage.columns import PAD
 
 RECALL_K = 100
 MAX_EF_SEARCH = 4096
@@ -72,7 +72,7 @@ def exact_neighbours(
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found ∩ truth| / |truth|; found, truth [q, k] ids, -1 = padding."""
-    valid = truth != PADDING_ID
+    valid = truth != PAD
     hits = (found[:, :, None] == truth[:, None, :]).any(axis=1) & valid
     per_query = hits.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
     return float(per_query.mean())

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from mstage.columns import PAD
 from mstage.config import IndexConfig
 from mstage.errors import ArtifactMissing, ConfigError, InputError, UsageError
 from mstage.index import gpu
-from mstage.index.catalog import PADDING_ID
 from mstage.index.faiss_index import INDEX_FILE, METADATA_FILE, FaissIndex, build_index
 from mstage.index.spec import canonical_metric, ivf_nlist, resolve
 from mstage.index.tune import SearchKnob, recall_at_k, tune_knob
@@ -73,7 +73,7 @@ def test_padding_is_flagged_in_search_and_dropped_in_search_one():
     items = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
     index = build_index(items, np.array([7, 8, 9]), "flat")
     ids, scores = index.search(items[:1], 5)
-    assert ids.tolist() == [[7, 8, 9, PADDING_ID, PADDING_ID]]
+    assert ids.tolist() == [[7, 8, 9, PAD, PAD]]
     np.testing.assert_allclose(scores[0, :3], [1.0, 0.6, 0.0], atol=1e-6)
     assert np.isneginf(scores[0, 3:]).all()
     one_ids, one_scores = index.search_one(items[0], 5)
