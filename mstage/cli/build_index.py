@@ -38,7 +38,7 @@ def build_index(
         raise UsageError(f"expected --device auto, cpu or gpu, found {device!r}")
     config = override(s.config.index, index=index, target_recall=target_recall,
                       exact_below=exact_below, queries=queries)
-    meta = publish_index(s.workspace, config, DEVICES[device], s.progress())
+    meta = publish_index(s.workspace, config, s.progress(), use_gpu=DEVICES[device])
     if not meta["target_met"]:
         s.warn(f"recall@100 {meta['recall_at_100']:.4f} is below the target "
                f"{meta['target_recall']}; try --index hnsw or a larger nlist")

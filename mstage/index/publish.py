@@ -16,8 +16,8 @@ from mstage.workspace import Artifact, Workspace, fingerprint_file
 def publish_index(
     ws: Workspace,
     config: IndexConfig,
-    use_gpu: bool | None = None,
     reporter: Reporter = SILENT,
+    use_gpu: bool | None = None,
 ) -> dict[str, Any]:
     """Build the index over the retrieval artifact's item embeddings and publish it.
 
