@@ -10,7 +10,6 @@ answered when the server stops are kept, the rest are listed on stderr (exit 1).
 from __future__ import annotations
 
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,31 +18,22 @@ from typing import Any
 import typer
 
 from mstage.cli.app import command, session
+from mstage.columns import PAD
 from mstage.errors import InputError, ServerError, UsageError
-
-INT64_MAX = 2**63 - 1
-_ID = re.compile(r"\+?\d+")
-
-
-def parse_user_id(text: str) -> int | None:
-    """A non-negative int64 user id from `text`, or None when it is not one."""
-    text = text.strip()
-    if not _ID.fullmatch(text):
-        return None
-    value = int(text)
-    return value if value <= INT64_MAX else None
 
 
 @dataclass
 class UserIds:
-    """The ids to answer, and the input lines that were not ids (line number, text)."""
+    """The user's ids to answer (in the workspace's id form), and the input lines that were
+    not ids (line number, text, why)."""
 
-    ids: list[int]
-    malformed: list[tuple[int, str]]
+    ids: list[int | str]
+    malformed: list[tuple[int, str, str]]
 
 
-def read_user_ids(source: str) -> UserIds:
-    """One id per line from a file or `-` (stdin); blank lines and `#` comments are skipped."""
+def read_user_ids(source: str, users) -> UserIds:
+    """One id per line from a file or `-` (stdin), parsed by the users' IdMap; blank lines
+    and `#` comments are skipped."""
     from pathlib import Path
 
     if source == "-":
@@ -59,43 +49,56 @@ def read_user_ids(source: str) -> UserIds:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        value = parse_user_id(text)
-        if value is None:
-            malformed.append((number, text))
-        else:
-            ids.append(value)
+        try:
+            ids.append(users.parse(text))
+        except UsageError as e:
+            malformed.append((number, text, str(e)))
     return UserIds(ids, malformed)
+
+
+def workspace_ids(ws):
+    """The (users, items) IdMaps prepare-data kept; integer ids when there is no data."""
+    from mstage.data.ids import IdMap
+    from mstage.workspace import Artifact
+
+    if not ws.exists(Artifact.DATA):
+        return IdMap("user", None), IdMap("item", None)
+    data = ws.path(Artifact.DATA)
+    return IdMap.load(data, "users"), IdMap.load(data, "items")
 
 
 def _score(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def answers_from_arrays(users, item_ids, scores, fallback, explain=None) -> list[dict[str, Any]]:
-    """Per user: the JSON-ready answer, with the -1 padding of the id matrix dropped."""
+def answers_from_arrays(users, item_ids, scores, fallback, items, explain=None
+                        ) -> list[dict[str, Any]]:
+    """Per user: the JSON-ready answer in the user's ids (`items`: the items' IdMap), with
+    the -1 padding of the id matrix dropped."""
     out = []
     for row, user in enumerate(users):
-        keep = item_ids[row] != -1
+        keep = item_ids[row] != PAD
         answer = {
-            "user_id": int(user),
-            "item_ids": [int(i) for i in item_ids[row][keep]],
+            "user_id": user,
+            "item_ids": items.to_user(item_ids[row][keep]),
             "scores": [_score(v) for v in scores[row][keep]],
             "fallback": bool(fallback[row]),
         }
         if explain is not None:
-            answer["explain"] = explain[row]
+            answer["explain"] = [entry | {"item_id": items.to_user([entry["item_id"]])[0]}
+                                 for entry in explain[row]]
         out.append(answer)
     return out
 
 
-def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
+def _chunks(values: list, size: int) -> Iterator[list]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
 
 def open_answerer(s, serving, server: str | None, protocol: str):
     """The in-process Recommender or a Triton client (both `Recommends`), and the item
-    attributes shown beside answers (a function of item ids, or None)."""
+    attributes shown beside answers (a function of internal item ids -> DataFrame or None)."""
     import dataclasses
 
     from mstage.workspace import Artifact
@@ -133,11 +136,11 @@ def open_answerer(s, serving, server: str | None, protocol: str):
     return client, shown
 
 
-def answer(recommender, users: list[int], top_k: int, explain: bool):
-    """JSON-ready answers for `users` and, in-process, each stage's timing."""
-    import numpy as np
-
-    ids = np.asarray(users, dtype=np.int64)
+def answer(recommender, users: list, ids, top_k: int, explain: bool):
+    """JSON-ready answers for `users` (the user's ids; `ids`: their users' and items'
+    IdMaps) and, in-process, each stage's timing."""
+    user_ids, item_ids = ids
+    ids = user_ids.to_internal(users)
     if explain:
         result = recommender.recommend(ids, top_k, explain=True)
     else:
@@ -145,7 +148,7 @@ def answer(recommender, users: list[int], top_k: int, explain: bool):
     stages = [{"name": t.name, "seconds": round(t.seconds, 6), "items_in": int(t.items_in),
                "items_out": int(t.items_out)} for t in result.timings]
     return answers_from_arrays(users, result.item_ids, result.scores, result.fallback,
-                               result.explain), stages
+                               item_ids, result.explain), stages
 
 
 def _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol) -> None:
@@ -170,7 +173,8 @@ def _check_options(user_id, user_ids_file, candidates, explain, seed, server, pr
 @command("recommend")
 def recommend(
     user_id: str = typer.Option(None, "--user-id", metavar="ID",
-                                help="The user to recommend for (a non-negative integer id)."),
+                                help="The user to recommend for, as the data writes it "
+                                "(42, u-00042)."),
     user_ids_file: str = typer.Option(
         None, "--user-ids-file", metavar="FILE",
         help="A file of user ids, one per line (- reads stdin); answered in batches."),
@@ -199,18 +203,14 @@ def recommend(
 
         ordering = override(s.config.ordering, flags=True, seed=seed)
         s.config = dataclasses.replace(s.config, ordering=ordering)
+    ids = workspace_ids(s.workspace)
     if user_id is not None:
-        value = parse_user_id(user_id)
-        if value is None:
-            raise UsageError(f"expected --user-id to be a non-negative integer, found "
-                             f"{user_id!r}")
-        users = UserIds([value], [])
+        users = UserIds([ids[0].parse(user_id)], [])
     else:
-        users = read_user_ids(user_ids_file)
+        users = read_user_ids(user_ids_file, ids[0])
         where = "stdin" if user_ids_file == "-" else user_ids_file
-        for number, text in users.malformed:
-            s.warn(f"{where} line {number}: expected a non-negative integer user id, found "
-                   f"{text!r}; skipped")
+        for number, _, why in users.malformed:
+            s.warn(f"{where} line {number}: {why}; skipped")
         if not users.ids:
             raise InputError(f"expected at least one user id in {where}, found none "
                              f"({len(users.malformed)} malformed line(s))")
@@ -219,33 +219,34 @@ def recommend(
     try:
         for warning in getattr(recommender, "warnings", []):
             s.warn(warning)
-        _answer_all(recommender, users.ids, serving.top_k, explain,
-                    _printer(s, attributes, explain), server)
+        _answer_all(recommender, users.ids, ids, serving.top_k, explain,
+                    _printer(s, attributes, ids[1], explain), server)
     finally:
         recommender.close()
 
 
-def _answer_all(recommender, ids: list[int], top_k: int, explain: bool, emit: Callable,
+def _answer_all(recommender, users: list, ids, top_k: int, explain: bool, emit: Callable,
                 server: str | None) -> None:
     """Ask in chunks, printing each as it arrives; a server failure after some answers
     names the users left unanswered."""
     answered = 0
     try:
-        for chunk in _chunks(ids, recommender.batch_size):
-            answers, stages = answer(recommender, chunk, top_k, explain)
+        for chunk in _chunks(users, recommender.batch_size):
+            answers, stages = answer(recommender, chunk, ids, top_k, explain)
             emit(answers, stages)
             answered += len(chunk)
     except ServerError as e:
         if answered == 0:
             raise
-        rest = ids[answered:]
+        rest = users[answered:]
         raise ServerError(
-            f"expected answers for all {len(ids)} users, found {len(rest)} unanswered when "
+            f"expected answers for all {len(users)} users, found {len(rest)} unanswered when "
             f"{server} stopped answering (user ids: {', '.join(map(str, rest))}); {e}"
         ) from None
 
 
-def _printer(s, attributes: Callable, explain: bool) -> Callable:
+def _printer(s, attributes: Callable, items, explain: bool) -> Callable:
+    """Prints answers; `attributes` of internal item ids, shown under the user's ids."""
     def emit(answers: list[dict[str, Any]], stages: list[dict[str, Any]]) -> None:
         if s.json:
             for answer in answers:
@@ -259,7 +260,10 @@ def _printer(s, attributes: Callable, explain: bool) -> Callable:
         if explain and stages:
             s.out.print(stages_table(stages, len(answers)))
         for answer in answers:
-            s.out.print(recommendations_table(answer, attributes(answer["item_ids"])))
+            shown = attributes(items.to_internal(answer["item_ids"]))
+            if shown is not None:
+                shown["item_id"] = answer["item_ids"]
+            s.out.print(recommendations_table(answer, shown))
 
     return emit
 

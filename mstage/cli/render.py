@@ -40,10 +40,10 @@ def recommendations_table(answer: dict[str, Any], attributes: Any | None = None)
     if explain:
         columns += ["retrieval score", "ranking score"]
     features: list[str] = []
-    by_item: dict[int, Any] = {}
+    by_item: dict[Any, Any] = {}
     if attributes is not None and len(attributes):
         features = [c for c in attributes.columns if c != "item_id"]
-        by_item = {int(row["item_id"]): row for _, row in attributes.iterrows()}
+        by_item = {row["item_id"]: row for _, row in attributes.iterrows()}
     for column in columns + features:  # ids and scores never truncate; attributes may fold
         numeric = column in columns
         table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric,

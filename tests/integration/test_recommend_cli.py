@@ -30,7 +30,7 @@ def _catalog(ws) -> set[int]:
 
 def _batch_text(ws) -> tuple[str, list[int]]:
     users, unknown = known_and_unknown_users(ws)
-    text = f"{users[0]}\nabc\n-3\n\n# a comment\n{unknown}\n  {users[1]}  \n1.5\n"
+    text = f"{users[0]}\nabc\n-1\n\n# a comment\n{unknown}\n  {users[1]}  \n1.5\n"
     return text, [users[0], unknown, users[1]]
 
 
@@ -53,9 +53,11 @@ def test_batch_file_json_answers_valid_lines_and_reports_the_rest(cli, pipeline_
         assert set(a["item_ids"]) <= catalog
         assert a["scores"] == sorted(a["scores"], reverse=True)
     stderr = " ".join(result.stderr.split())
-    assert f"{ids_file} line 2: expected a non-negative integer user id, found 'abc'" in stderr
-    assert f"{ids_file} line 3: expected a non-negative integer user id, found '-3'" in stderr
-    assert f"{ids_file} line 8: expected a non-negative integer user id, found '1.5'" in stderr
+    integer = "expected an integer user id (this workspace's ids are integers), found"
+    assert f"{ids_file} line 2: {integer} 'abc'" in stderr
+    assert f"{ids_file} line 3: expected a user id within int64 and other than -1, found " \
+           "'-1'" in stderr  # -1 pads candidate lists
+    assert f"{ids_file} line 8: {integer} '1.5'" in stderr
     assert "line 4" not in stderr and "line 5" not in stderr  # blank line, comment
 
 
@@ -73,8 +75,8 @@ def test_stdin_human_tables_with_attributes_fallback_and_explain(cli, pipeline_w
     for header in ("rank", "item_id", "score", "retrieval score", "ranking score", "category",
                    "price", "stages (3 users in the batch)", "retrieval", "ordering"):
         assert header in out
-    assert "stdin line 2: expected a non-negative integer user id, found 'abc'" in \
-        " ".join(result.stderr.split())
+    assert "stdin line 2: expected an integer user id (this workspace's ids are integers), " \
+           "found 'abc'" in " ".join(result.stderr.split())
 
 
 @pytest.mark.slow
@@ -161,9 +163,11 @@ def test_seed_makes_softmax_ordering_repeatable(cli, pipeline_workspace, tmp_pat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--user-id", "abc"], "expected --user-id to be a non-negative integer, found 'abc'"),
-    (["--user-id", "-5"], "expected --user-id to be a non-negative integer, found '-5'"),
-    (["--user-id", "99999999999999999999"], "non-negative integer, found '99999999999999999999'"),
+    (["--user-id", "abc"], "expected an integer user id (this workspace's ids are integers), "
+                           "found 'abc'"),
+    (["--user-id", "-1"], "expected a user id within int64 and other than -1, found '-1'"),
+    (["--user-id", "99999999999999999999"], "within int64 and other than -1, found "
+                                            "'99999999999999999999'"),
     ([], "expected exactly one of --user-id or --user-ids-file, found neither"),
     (["--user-id", "1", "--user-ids-file", "f"],
      "expected exactly one of --user-id or --user-ids-file, found both"),
@@ -196,7 +200,8 @@ def test_file_without_a_valid_id_is_exit_2(cli, tmp_path):
     result = cli("recommend", "--user-ids-file", ids_file)
     assert result.exit_code == 2
     stderr = " ".join(result.stderr.split())
-    assert f"{ids_file} line 1: expected a non-negative integer user id, found 'x'" in stderr
+    assert f"{ids_file} line 1: expected an integer user id (this workspace's ids are " \
+           "integers), found 'x'" in stderr
     assert f"error: expected at least one user id in {ids_file}, found none " \
            "(2 malformed line(s))" in stderr
 

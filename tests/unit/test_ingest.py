@@ -48,9 +48,40 @@ def test_one_text_id_makes_every_id_of_that_kind_text():
     assert id_map.encode(text).tolist() == [1]
 
 
-def test_non_integral_numeric_ids_are_refused():
-    with pytest.raises(InputError, match=r"non-integral numbers like 1\.5"):
-        build_id_map("user", [(pd.Series([1.0, 1.5]), "column 'u' of x.csv")])
+@pytest.mark.parametrize("values, message", [
+    ([1.0, 1.5], r"expected integer \(integral, exactly representable\) user ids in column 'u' "
+                 r"of x.csv, found 1.5 in data row 2"),
+    (["7", "1.5"], r"expected integer or text user ids in column 'u' of x.csv, found '1.5' in "
+                   r"data row 2"),
+    ([3, -1], r"expected user ids other than -1 in column 'u' of x.csv \(-1 pads candidate "
+              r"lists\), found -1 in data row 2"),
+    (["a", "b", " "], r"expected non-empty user ids in column 'u' of x.csv, found ' ' in data "
+                      r"row 3"),
+    (np.array([5, 2**63], dtype=np.uint64), r"expected integer \(int64\) user ids .*found "
+                                            r"9223372036854775808 in data row 2"),
+])
+def test_ids_that_are_neither_integers_nor_text_are_refused_naming_the_row(values, message):
+    with pytest.raises(InputError, match=message):
+        build_id_map("user", [(pd.Series(values), "column 'u' of x.csv")])
+
+
+def test_integral_float_text_is_the_integer_and_digits_beyond_int64_are_text():
+    written_as_floats = pd.Series(["101387.0", "5.0", "12"])  # pandas after a NaN
+    id_map = build_id_map("item", [(written_as_floats, "a")])
+    assert not id_map.is_string and id_map.encode(written_as_floats).tolist() == [101387, 5, 12]
+    huge = pd.Series(["99999999999999999999", "5"])
+    assert build_id_map("item", [(huge, "a")]).raw.tolist() == ["5", "99999999999999999999"]
+
+
+def test_id_map_translates_both_ways_and_unknown_text_is_the_cold_start_id():
+    text = build_id_map("user", [(pd.Series(["u-2", "u-10", "u-1"]), "a")])
+    # sorted: u-1 -> 1, u-10 -> 2, u-2 -> 3; never seen -> 0
+    assert text.to_internal(["u-2", "u-404", "u-1"]).tolist() == [3, 0, 1]
+    assert text.to_user(np.array([3, 1])) == ["u-2", "u-1"]
+    assert text.parse(" u-10 ") == "u-10"
+    numbers = build_id_map("user", [(pd.Series([42, 7]), "a")])
+    assert numbers.to_internal([7, 99]).tolist() == [7, 99]  # unknown numbers stay themselves
+    assert numbers.to_user(np.array([42])) == [42] and numbers.parse("42") == 42
 
 
 # timestamps -----------------------------------------------------------------------------
