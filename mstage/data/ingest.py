@@ -7,6 +7,7 @@ so a bad input or Ctrl-C keeps the previous artifact. The layout written is docu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from mstage.data import features as feats
 from mstage.data.checks import require_no_nulls
 from mstage.data.ids import IdMap, build_id_map
 from mstage.data.labels import to_labels
-from mstage.data.readers import read_columns, read_table
+from mstage.data.readers import read_columns, read_table, sample_columns
 from mstage.data.schema import SPLITS, TEST, VALID, Feature, Schema, fold_column, write_prepared
 from mstage.data.timestamps import to_unix_seconds
 from mstage.errors import ConfigError, InputError
@@ -89,14 +90,42 @@ def _check_columns(path: Path, what: str, wanted: dict[str, str]) -> None:
         )
 
 
-def read_interactions(config: DataConfig):
-    """The interactions' user, item, time (and label) columns, checked for emptiness and nulls."""
+LABEL_NAMES = re.compile(r"(?i).*(click|label|purchase|convert|conversion|target|liked?$).*")
+
+
+def unused_column_warnings(path: Path, unused: list[str], has_label: bool) -> list[str]:
+    """A warning listing the interactions' columns mstage ignores, and one per column that
+    looks like a label (by its name, or 0/1 values) when no --label-col was given."""
+    if not unused:
+        return []
+    warnings = [f"ignored columns of {path.name} (not used by mstage): {', '.join(unused)}"]
+    if has_label:
+        return warnings
+    sample = sample_columns(path, unused)
+    for column in unused:
+        values = set(sample[column].dropna().unique().tolist())
+        binary = bool(values) and values <= {0, 1, "0", "1"}
+        if binary or LABEL_NAMES.fullmatch(column):
+            why = "holds only 0/1" if binary else "is named like a label"
+            warnings.append(
+                f"column {column!r} of {path.name} {why}, but no --label-col was given, so "
+                f"every row counts as a positive interaction; pass --label-col {column} to "
+                "learn from it")
+    return warnings
+
+
+def read_interactions(config: DataConfig, warnings: list[str]):
+    """The interactions' user, item, time (and label) columns, checked for emptiness and nulls;
+    `warnings` gets the columns left unused."""
     path = Path(config.interactions)
     wanted = {config.user_col: "--user-col", config.item_col: "--item-col",
               config.time_col: "--time-col"}
     if config.label_col:
         wanted[config.label_col] = "--label-col"
     _check_columns(path, "interactions", wanted)
+    unused = [c for c in read_columns(path, "interactions")
+              if c not in wanted and c not in config.ignore]  # --ignore: the user knows
+    warnings += unused_column_warnings(path, unused, bool(config.label_col))
     df = read_table(path, "interactions", list(dict.fromkeys(wanted)),
                     text_columns=(config.user_col, config.item_col))
     if len(df) == 0:
@@ -247,7 +276,7 @@ def prepare_tables(config: DataConfig, reporter: Reporter = SILENT) -> Prepared:
     warnings: list[str] = []
     source = Path(config.interactions).name
     with reporter.task("prepare data", total=len(STEPS)) as task:
-        raw = read_interactions(config)
+        raw = read_interactions(config, warnings)
         users_df = read_entity_table(config, "users", config.user_col, "--user-col")
         items_df = read_entity_table(config, "items", config.item_col, "--item-col")
         _check_declared_exist(options, users_df, items_df)

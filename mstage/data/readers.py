@@ -62,6 +62,20 @@ def read_columns(path: Path, what: str) -> list[str]:
         raise _unreadable(path, fmt, e) from None
 
 
+def sample_columns(path: Path, columns: list[str], rows: int = 1000):
+    """The first `rows` rows of `columns` (a pandas DataFrame), read without the whole file."""
+    if table_format(path) == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns)
+        first = next(batches, None)
+        return (first if first is not None else pa.table({c: [] for c in columns})).to_pandas()
+    import pandas as pd
+
+    return pd.read_csv(path, usecols=columns, nrows=rows)
+
+
 def read_table(path: Path, what: str, columns: list[str] | None = None,
                text_columns: tuple[str, ...] = ()):
     """A pandas DataFrame of `columns` (all when None) from a parquet or CSV file.

@@ -24,14 +24,21 @@ def _must(workspace: Path, step: str, *args) -> None:
     assert result.exit_code == 0, f"{step} failed: {result.stderr[-2000:]}"
 
 
-def build_pipeline_workspace(root: Path) -> Path:
-    """Run the pipeline's commands up to build-index into `root/ws`; returns the workspace."""
+def build_pipeline_workspace(root: Path, rewrite=None) -> Path:
+    """Run the pipeline's commands up to build-index into `root/ws`; returns the workspace.
+
+    `rewrite(tables)` may rewrite the generated tables (name -> DataFrame) and return the
+    paths prepare-data reads (name -> file), e.g. with the ids written another way."""
     data, ws = root / "data", root / "ws"
     _must(ws, "generate-data", "--out", data, "--users", USERS, "--items", ITEMS,
           "--interactions", IMPRESSIONS, "--ctr", "0.25", "--seed", "0")
-    _must(ws, "prepare-data", "--interactions", data / "interactions.parquet",
-          "--users", data / "users.parquet", "--items", data / "items.parquet",
-          "--label-col", "click")
+    paths = {name: data / f"{name}.parquet" for name in ("interactions", "users", "items")}
+    if rewrite is not None:
+        import pandas as pd
+
+        paths = rewrite({name: pd.read_parquet(path) for name, path in paths.items()}, root)
+    _must(ws, "prepare-data", "--interactions", paths["interactions"],
+          "--users", paths["users"], "--items", paths["items"], "--label-col", "click")
     _must(ws, "train-retrieval", "--epochs", "2")
     _must(ws, "train-ranking", "--epochs", "2")
     _must(ws, "export-features")

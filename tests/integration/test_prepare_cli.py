@@ -314,4 +314,26 @@ def test_movielens_100k_with_the_documented_flags(cli, tmp_path):
     kinds = {f["name"]: f["kind"] for f in payload["user_features"] + payload["item_features"]}
     assert kinds["age"] == "numeric" and kinds["occupation"] == "categorical"
     assert kinds["Children_s"] == "numeric" and len(kinds) == 3 + 19
-    assert payload["warnings"] == []
+    assert payload["warnings"] == [
+        "ignored columns of ratings.parquet (not used by mstage): rating"]
+
+
+def test_unused_label_like_columns_are_named_with_the_flag_to_use(cli, tmp_path):
+    interactions = tmp_path / "events.csv"
+    interactions.write_text("user_id,item_id,timestamp,clicked,score,session\n"
+                            "1,10,100,1,0,s1\n1,11,101,0,1,s1\n2,10,102,0,0,s2\n"
+                            "2,12,103,1,1,s2\n3,11,104,0,0,s3\n3,12,105,1,0,s3\n")
+    result = cli("prepare-data", "--interactions", interactions, "--json")
+    assert result.exit_code == 0, result.stderr
+    warnings = json.loads(result.stdout)["warnings"]
+    assert "ignored columns of events.csv (not used by mstage): clicked, score, session" in \
+        warnings
+    assert "column 'clicked' of events.csv holds only 0/1, but no --label-col was given, so " \
+           "every row counts as a positive interaction; pass --label-col clicked to learn " \
+           "from it" in warnings
+    assert any("column 'score' of events.csv holds only 0/1" in w for w in warnings)
+    assert not any("'session'" in w and "label" in w for w in warnings)
+    labelled = cli("prepare-data", "--interactions", interactions, "--label-col", "clicked",
+                   "--json")
+    assert json.loads(labelled.stdout)["warnings"] == [
+        "ignored columns of events.csv (not used by mstage): score, session"]
