@@ -337,3 +337,35 @@ def test_unused_label_like_columns_are_named_with_the_flag_to_use(cli, tmp_path)
                    "--json")
     assert json.loads(labelled.stdout)["warnings"] == [
         "ignored columns of events.csv (not used by mstage): score, session"]
+
+
+@pytest.mark.parametrize("item_ids, message", [
+    ("101.0\n102.5", "expected integer or text item ids in column 'item_id' of events.csv, "
+                     "found '102.5' in data row 2 (first data row = 1)"),
+    ("101\n-1", "expected item ids other than -1 in column 'item_id' of events.csv (-1 pads "
+                "candidate lists), found -1 in data row 2 (first data row = 1)"),
+    ('101\n""', "expected a value in every row of column 'item_id' of events.csv, found 1 "
+                "missing (data rows 2; first data row = 1)"),
+])
+def test_ids_that_cannot_be_kept_exactly_are_refused_and_nothing_is_written(
+        cli, tmp_path, isolated_workspace, item_ids, message):
+    first, second = item_ids.split("\n")
+    events = tmp_path / "events.csv"
+    events.write_text(f"user_id,item_id,timestamp\n1,{first},100\n2,{second},101\n")
+    result = cli("prepare-data", "--interactions", events)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (isolated_workspace / "data").exists()
+    assert not (isolated_workspace / "mstage.toml").exists()
+
+
+def test_unsigned_ids_beyond_int64_are_refused(cli, tmp_path, isolated_workspace):
+    events = tmp_path / "events.parquet"
+    pd.DataFrame({"user_id": np.array([1, 2**63], dtype=np.uint64), "item_id": [5, 6],
+                  "timestamp": [100, 101]}).to_parquet(events)
+    result = cli("prepare-data", "--interactions", events)
+    assert result.exit_code == 2
+    assert "expected integer (int64) user ids in column 'user_id' of events.parquet, found " \
+           "9223372036854775808 in data row 2" in " ".join(result.stderr.split())
+    assert not (isolated_workspace / "data").exists()
