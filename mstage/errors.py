@@ -29,6 +29,14 @@ class ArtifactMissing(UsageError):
     """A command needs an artifact that an earlier command has not built yet."""
 
 
+class ArtifactDamaged(MstageError):
+    """An artifact's file is missing or changed since it was published."""
+
+
+class ManifestCorrupt(MstageError):
+    """manifest.json cannot be read; `mstage status --repair` rebuilds it."""
+
+
 class WorkspaceLocked(MstageError):
     """Another mstage command is writing the same workspace."""
 
@@ -39,3 +47,8 @@ class TrainingDiverged(MstageError):
 
 class ServerError(MstageError):
     """The Triton server could not be started, reached, or answered an error."""
+
+
+class QualityGateFailed(MstageError):
+    """A retrained model did worse than its baseline on validation; the previous artifact is
+    kept (`--force` publishes anyway)."""

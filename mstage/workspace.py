@@ -3,8 +3,9 @@
 Every command reads artifacts from one directory and publishes its own with a rename, so a
 failed or interrupted command never leaves a half-written artifact nor destroys the last good
 one. `manifest.json` records, per artifact, the mstage version, resolved config, fingerprints
-of its inputs, metrics and build time; an artifact is *stale* when an input's fingerprint
-has changed since it was built.
+of its inputs, metrics, build time and its files (size and a sampled hash); an artifact is
+*stale* when an input's fingerprint has changed since it was built, and *damaged* when one
+of its files is missing or changed.
 """
 
 from __future__ import annotations
@@ -25,11 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from mstage import __version__
-from mstage.errors import ArtifactMissing, UsageError, WorkspaceLocked
+from mstage.errors import (
+    ArtifactDamaged,
+    ArtifactMissing,
+    ManifestCorrupt,
+    UsageError,
+    WorkspaceLocked,
+)
 
 MANIFEST = "manifest.json"
 CONFIG_FILE = "mstage.toml"
 DEFAULT_WORKSPACE = "./mstage-workspace"
+STAGING = ".staging"
+SAMPLE_BYTES = 1 << 20
+LIVE_FILES = {"online.db"}
+"""Files that change legitimately after publishing (the online store takes writes): checked
+for presence only."""
 
 
 class Artifact(enum.Enum):
@@ -63,6 +75,33 @@ def fingerprint_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (16 hex digits) of a file's size, first MiB and last MiB: catches a truncated,
+    replaced or rewritten file in O(1) per file, where hashing every byte of a multi-GB
+    index or store on each `status` would not be."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(SAMPLE_BYTES))
+        if size > 2 * SAMPLE_BYTES:
+            f.seek(-SAMPLE_BYTES, os.SEEK_END)
+            digest.update(f.read(SAMPLE_BYTES))
+        elif size > SAMPLE_BYTES:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `directory`: relative path -> size and digest (None for LIVE_FILES)."""
+    records = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        live = path.name in LIVE_FILES
+        records[str(path.relative_to(directory))] = {
+            "size": None if live else path.stat().st_size,
+            "digest": None if live else file_digest(path)}
+    return records
 
 
 def _now() -> str:
@@ -120,19 +159,76 @@ class Workspace:
         return artifact.dirname in self.manifest()["artifacts"] and self.path(artifact).is_dir()
 
     def require(self, artifact: Artifact) -> Path:
-        """The artifact's directory, or ArtifactMissing naming the command that builds it."""
+        """The artifact's directory; ArtifactMissing or ArtifactDamaged naming the command
+        that (re)builds it."""
         if not self.exists(artifact):
             raise ArtifactMissing(
                 f"expected the {artifact.dirname} artifact at {self.path(artifact)}, found "
                 f"nothing; run `mstage {artifact.command}` first"
             )
+        problem = self.damage(artifact)
+        if problem:
+            raise ArtifactDamaged(f"expected the {artifact.dirname} artifact as published, "
+                                  f"found {problem}; rebuild it with `mstage {artifact.command}`")
         return self.path(artifact)
+
+    def damage(self, artifact: Artifact) -> str | None:
+        """The first recorded file of the artifact that is missing or changed, or None."""
+        directory = self.path(artifact)
+        for name, recorded in (self.record(artifact) or {}).get("files", {}).items():
+            path = directory / name
+            if not path.is_file():
+                return f"{artifact.dirname}/{name} missing"
+            digest = recorded["digest"]
+            if digest is not None and (path.stat().st_size != recorded["size"]
+                                       or file_digest(path) != digest):
+                return f"{artifact.dirname}/{name} changed"
+        return None
 
     # manifest --------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
+        """The manifest; ManifestCorrupt (naming the file and `--repair`) when unreadable."""
         if not self.manifest_path.exists():
             return {"mstage_version": __version__, "artifacts": {}}
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+            records = manifest["artifacts"]
+            if not isinstance(records, dict) or not all(
+                    isinstance(r, dict) and "fingerprint" in r for r in records.values()):
+                raise TypeError("an artifact record lacks its fingerprint")
+        except (ValueError, TypeError, KeyError) as e:
+            what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            raise ManifestCorrupt(
+                f"expected a readable manifest at {self.manifest_path}, found {what}; run "
+                "`mstage status --repair` to rebuild it from the artifacts on disk") from None
+        return manifest
+
+    def repair(self) -> dict[str, list[str]]:
+        """Rebuild manifest.json from the artifact directories on disk (under the lock).
+
+        Each artifact found gets a fresh fingerprint and its files recorded as they are now;
+        its config, metrics, inputs and build time cannot be recovered and are marked
+        `unverified`. Returns {"recovered": [...], "missing": [...]}."""
+        with self.lock("mstage status --repair"):
+            artifacts: dict[str, Any] = {}
+            for artifact in Artifact:
+                directory = self.path(artifact)
+                if not directory.is_dir():
+                    continue
+                artifacts[artifact.dirname] = {
+                    "fingerprint": uuid.uuid4().hex[:16],
+                    "mstage_version": __version__,
+                    "built_at": dt.datetime.fromtimestamp(directory.stat().st_mtime, dt.UTC)
+                    .isoformat(timespec="seconds"),
+                    "seconds": None, "config": {}, "metrics": {},
+                    "inputs": {a.dirname: artifacts[a.dirname]["fingerprint"]
+                               for a in artifact.inputs if a.dirname in artifacts},
+                    "files": file_records(directory),
+                    "unverified": ["config", "metrics", "inputs", "built_at"],
+                }
+            self._write_manifest({"mstage_version": __version__, "artifacts": artifacts})
+        return {"recovered": list(artifacts),
+                "missing": [a.dirname for a in Artifact if a.dirname not in artifacts]}
 
     def record(self, artifact: Artifact) -> dict[str, Any] | None:
         return self.manifest()["artifacts"].get(artifact.dirname)
@@ -151,10 +247,14 @@ class Workspace:
 
     # state -----------------------------------------------------------------------------
     def state(self, artifact: Artifact) -> tuple[str, str]:
-        """(state, reason): 'missing', 'ready', or 'stale' with the input that changed."""
+        """(state, reason): 'missing', 'ready', 'damaged' with the file missing or changed,
+        or 'stale' with the input that changed."""
         rec = self.record(artifact)
         if rec is None or not self.path(artifact).is_dir():
             return "missing", ""
+        problem = self.damage(artifact)
+        if problem:
+            return "damaged", problem
         for name, recorded in rec.get("inputs", {}).items():
             current = self._current_fingerprint(name)
             if current != recorded:
@@ -194,6 +294,9 @@ class Workspace:
                 ) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()} ({what})".encode())
+            # Holding the lock, no other writer is running: staging left behind was a
+            # killed command's.
+            shutil.rmtree(self.root / STAGING, ignore_errors=True)
             yield
         finally:
             os.close(fd)
@@ -207,7 +310,7 @@ class Workspace:
         """
         upstream = {a.dirname: self._fingerprint_of(a) for a in artifact.inputs}
         with self.lock(f"mstage {artifact.command}"):
-            staging = self.root / ".staging" / f"{artifact.dirname}-{uuid.uuid4().hex[:8]}"
+            staging = self.root / STAGING / f"{artifact.dirname}-{uuid.uuid4().hex[:8]}"
             staging.mkdir(parents=True)
             build = Build(artifact, staging)
             started = time.perf_counter()
@@ -223,6 +326,7 @@ class Workspace:
 
     def _publish(self, build: Build, upstream: dict[str, str], seconds: float) -> None:
         target = self.path(build.artifact)
+        files = file_records(build.dir)  # before the renames: keep their window short
         previous = target.with_name(f".{target.name}.previous")
         shutil.rmtree(previous, ignore_errors=True)
         if target.exists():
@@ -240,6 +344,7 @@ class Workspace:
             "config": build.config,
             "inputs": inputs,
             "metrics": build.metrics,
+            "files": files,
         }
         self._write_manifest(manifest)
         shutil.rmtree(previous, ignore_errors=True)

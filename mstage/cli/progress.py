@@ -23,14 +23,76 @@ class _RichTask:
             self._progress.update(self._id, advance=n)
 
 
-class RichReporter:
-    """Bars while a task runs; logs always go to stderr (unless --quiet)."""
+def _fields(fields: dict[str, Any], digits: str) -> str:
+    return "  ".join(f"{k} {v:{digits}}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in fields.items())
 
-    def __init__(self, console: Console, enabled: bool = True):
+
+class _PlainTask:
+    """Progress as plain lines (stderr is a log, not a terminal): at most one line per
+    PLAIN_INTERVAL seconds while the task runs, and its last state when it ends."""
+
+    def __init__(self, console: Console, description: str, total: float | None):
+        self.console, self.description, self.total = console, description, total
+        self.started = self._printed = time.perf_counter()
+        self.completed: float = 0
+        self.info, self.pending, self.lines = "", False, 0
+
+    def _print(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def _count(self) -> str:
+        done = f"{self.completed:g}"
+        return done if self.total is None else f"{done}/{self.total:g}"
+
+    def _progress_line(self, now: float) -> None:
+        info = f" {self.info}" if self.info else ""
+        self._print(f"{self.description} {self._count()}{info} ({now - self.started:.1f} s)")
+        self._printed, self.pending = now, False
+        self.lines += 1
+
+    def advance(self, n: float = 1, **fields: Any) -> None:
+        self.completed += n
+        if fields:
+            self.info = _fields(fields, ".4g")
+        self.pending = True
+        now = time.perf_counter()
+        final = self.total is not None and self.completed >= self.total
+        if final or now - self._printed >= PLAIN_INTERVAL:
+            self._progress_line(now)
+
+    def start(self) -> None:
+        total = "" if self.total is None else f" (total {self.total:g})"
+        self._print(f"{self.description}: started{total}")
+
+    def end(self, failed: bool) -> None:
+        now = time.perf_counter()
+        if self.pending and not failed:
+            self._progress_line(now)
+        word = "stopped" if failed else "done"
+        self._print(f"{self.description}: {word} after {now - self.started:.1f} s")
+
+
+class RichReporter:
+    """Bars while a task runs when stderr is a terminal, plain lines otherwise (CI logs);
+    logs always go to stderr. Nothing at all when not `enabled` (--quiet)."""
+
+    def __init__(self, console: Console, enabled: bool = True, interactive: bool | None = None):
         self.console, self.enabled = console, enabled
+        self.interactive = console.is_terminal if interactive is None else interactive
 
     @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None) -> Iterator[_RichTask]:
+    def task(self, description: str, total: float | None = None) -> Iterator[Any]:
+        if self.enabled and not self.interactive:
+            plain = _PlainTask(self.console, description, total)
+            plain.start()
+            try:
+                yield plain
+            except BaseException:
+                plain.end(failed=True)
+                raise
+            plain.end(failed=False)
+            return
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.fields[info]}"),

@@ -9,26 +9,6 @@ import typer
 
 from mstage.cli.app import command, session
 
-PID_FILE = "tritonserver.pid"
-
-
-def _pid_path(ws) -> Path:
-    return ws.logs_dir / PID_FILE
-
-
-def _running_server(ws):
-    """The Endpoints of this workspace's live server, or None (a stale PID file is removed)."""
-    from mstage.serving.server import Endpoints, is_tritonserver
-
-    path = _pid_path(ws)
-    if not path.is_file():
-        return None
-    endpoints = Endpoints.load(path)
-    if is_tritonserver(endpoints.pid):
-        return endpoints
-    path.unlink(missing_ok=True)
-    return None
-
 
 @command("serve")
 def serve(
@@ -50,7 +30,8 @@ def serve(
     from mstage.config import override
     from mstage.errors import ArtifactMissing, ServerError
     from mstage.serving.ensemble import repository_path
-    from mstage.serving.server import TritonServer, log_tail
+    from mstage.serving.server import PID_FILE, TritonServer, log_tail, running_server
+    from mstage.workspace import Artifact
 
     s = session()
     ws = s.workspace
@@ -60,7 +41,7 @@ def serve(
         if not repository.is_dir():
             raise ArtifactMissing(f"expected a model repository at {repository}, found nothing; "
                                   "run `mstage build-ensemble` first (or pass --repository)")
-    running = _running_server(ws)
+    running = running_server(ws.logs_dir)
     if running is not None:
         raise ServerError(f"expected no server running for workspace {ws.root}, found pid "
                           f"{running.pid} on http {running.http_url}; run `mstage stop` first")
@@ -72,7 +53,10 @@ def serve(
     try:
         with s.progress().task("starting tritonserver"):
             endpoints = server.start()
-        endpoints.save(_pid_path(ws))
+        record = ws.record(Artifact.ENSEMBLE)
+        if record and Path(repository).resolve() == repository_path(ws).resolve():
+            endpoints.ensemble = record["fingerprint"]
+        endpoints.save(ws.logs_dir / PID_FILE)
         result = {"http": endpoints.http_url, "grpc": endpoints.grpc_url, "pid": endpoints.pid,
                   "repository": endpoints.repository, "log": endpoints.log, "detached": detach}
         s.emit(result, lambda console: console.print(
@@ -91,7 +75,7 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
         if server.process is not None:
             server.stop()
-            _pid_path(ws).unlink(missing_ok=True)
+            (ws.logs_dir / PID_FILE).unlink(missing_ok=True)
 
 
 def _interrupt(signum, frame) -> None:
@@ -103,15 +87,15 @@ def stop(
     timeout: float = typer.Option(15.0, "--timeout", help="Seconds to wait before SIGKILL."),
 ) -> None:
     """Stop the server that `mstage serve` started for this workspace (its stubs too)."""
-    from mstage.serving.server import stop_process_group
+    from mstage.serving.server import PID_FILE, running_server, stop_process_group
 
     s = session()
-    endpoints = _running_server(s.workspace)
+    endpoints = running_server(s.workspace.logs_dir)
     if endpoints is None:
         s.emit({"stopped": None}, lambda console: console.print(
             f"no server is running for workspace {s.workspace.root}"))
         return
     stop_process_group(endpoints.pid, timeout)
-    _pid_path(s.workspace).unlink(missing_ok=True)
+    (s.workspace.logs_dir / PID_FILE).unlink(missing_ok=True)
     s.emit({"stopped": endpoints.pid, "http": endpoints.http_url, "grpc": endpoints.grpc_url},
            lambda console: console.print(f"stopped tritonserver (pid {endpoints.pid})"))

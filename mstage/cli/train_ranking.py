@@ -22,6 +22,8 @@ def train_ranking(
                              "negatives). \\[default: 42]"),
     negatives: int = typer.Option(None, help="Sampled negatives per positive when the data "
                                   "has no click labels. \\[default: 4]"),
+    force: bool = typer.Option(False, "--force", help="Publish the model even when its "
+                               "validation AUC is not above the baseline's."),
 ) -> None:
     """Train the DLRM ranker on prepared data, report test AUC / log loss beside a baseline,
     export a SavedModel."""
@@ -34,8 +36,12 @@ def train_ranking(
                       embedding_dim=embedding_dim, learning_rate=learning_rate, seed=seed,
                       negatives=negatives)
     ws = s.workspace
-    metrics = run_training(ws, config, s.progress()).metrics()
-    result = {"artifact": str(ws.path(Artifact.RANKING)), "split": config.split, **metrics}
+    run = run_training(ws, config, s.progress(), force=force)
+    for note in run.notes:
+        s.warn(note)
+    metrics = run.metrics()
+    result = {"artifact": str(ws.path(Artifact.RANKING)), "split": config.split, **metrics,
+              "notes": run.notes}
 
     def render(console):
         console.print(table(

@@ -20,6 +20,8 @@ def train_retrieval(
                                       "[default: 0.2]"),
     seed: int = typer.Option(None, help="Random seed (initialisation and shuffling). "
                              "[default: 42]"),
+    force: bool = typer.Option(False, "--force", help="Publish the model even when its "
+                               "validation recall@20 is not above popularity's."),
 ) -> None:
     """Train the two-tower model on prepared data, report test metrics, export the towers."""
     from mstage.config import override
@@ -31,7 +33,7 @@ def train_retrieval(
                       embedding_dim=embedding_dim, learning_rate=learning_rate,
                       temperature=temperature, seed=seed)
     ws = s.workspace
-    run = run_training(ws, config, s.progress())
+    run = run_training(ws, config, s.progress(), force=force)
     for note in run.notes:
         s.warn(note)
 
@@ -44,6 +46,8 @@ def train_retrieval(
         "examples_per_second": round(run.examples_per_second, 1),
         "stats": run.stats,
         "validation": run.validation,
+        "validation_popularity": {"recall@20": run.validation_popularity},
+        "quality_gate": run.quality_gate,
         "test": {"two_tower": run.test, "popularity": run.popularity},
         "notes": run.notes,
     }

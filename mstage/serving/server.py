@@ -129,6 +129,7 @@ class Endpoints:
     grpc_port: int
     repository: str
     log: str
+    ensemble: str = ""  # fingerprint of the workspace's ensemble it serves ("" for another)
 
     @property
     def http_url(self) -> str:
@@ -306,6 +307,25 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+PID_FILE = "tritonserver.pid"
+
+
+def running_server(logs_dir: Path) -> Endpoints | None:
+    """The Endpoints of a workspace's live detached server (from `logs_dir`'s PID file), or
+    None; a PID file left by a server that died is removed."""
+    path = Path(logs_dir) / PID_FILE
+    if not path.is_file():
+        return None
+    try:
+        endpoints = Endpoints.load(path)
+    except (ValueError, TypeError):
+        endpoints = None
+    if endpoints is not None and is_tritonserver(endpoints.pid):
+        return endpoints
+    path.unlink(missing_ok=True)
+    return None
 
 
 def is_tritonserver(pid: int) -> bool:

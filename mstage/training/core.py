@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mstage.errors import ConfigError, TrainingDiverged
+from mstage.errors import ConfigError, QualityGateFailed, TrainingDiverged
 from mstage.progress import Reporter
 
 
@@ -120,6 +120,34 @@ def validate_then_refit(validation: Callable[[], Phase | None],
     result.refit_seconds = time.perf_counter() - started
     result.model = phase.model
     return result
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """The check a retrained model passes before it is published: its validation `metric`
+    (`model`) must be above the `baseline`'s on the same validation rows. `skipped` says why
+    validation could not decide (too few users or rows); such a model is published."""
+
+    metric: str
+    model: float | None
+    baseline: float | None
+    baseline_name: str
+    skipped: str | None = None
+
+
+def quality_gate(check: GateCheck, kept: str, hint: str, force: bool) -> tuple[str, str | None]:
+    """("passed" | "forced" | "skipped", a note to warn with or None). Raises QualityGateFailed
+    when the model is not above the baseline and not `force`: `kept` says what happens to
+    the published artifact ("the previous retrieval artifact is kept"), `hint` what to try."""
+    if check.skipped is not None or check.model is None or check.baseline is None:
+        return "skipped", f"quality gate skipped: {check.skipped or 'no validation score'}"
+    if check.model > check.baseline:
+        return "passed", None
+    found = (f"expected validation {check.metric} above {check.baseline_name}'s "
+             f"{check.baseline:.4f}, found {check.model:.4f}")
+    if force:
+        return "forced", f"{found}; published anyway (--force)"
+    raise QualityGateFailed(f"{found}; {kept}; {hint}, or publish anyway with --force")
 
 
 def make_optimizer(name: str, learning_rate: float, variables: list,

@@ -31,12 +31,21 @@ from mstage.models.dlrm import (
 from mstage.models.encoders import FeatureEncoders
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 from mstage.progress import SILENT, Reporter
-from mstage.training.core import Phase, Schedule, make_optimizer, validate_then_refit
+from mstage.training.core import (
+    GateCheck,
+    Phase,
+    Schedule,
+    make_optimizer,
+    quality_gate,
+    validate_then_refit,
+)
 from mstage.workspace import Artifact, Workspace
 
 VALID_NEGATIVES_SEED = 1_000_003
 TEST_NEGATIVES_SEED = 2_000_003
 BASELINE_PRIOR_WEIGHT = 10.0
+# Fewer validation positives (or negatives) than this cannot tell the DLRM from its baseline.
+MIN_GATE_CLASS_ROWS = 10
 
 
 @dataclass
@@ -57,10 +66,30 @@ class RankingRun:
     test_rows: int
     test_positives: int
     history: list[dict[str, float]]
+    valid_baseline_auc: float | None = None  # the baseline's AUC on the validation rows
+    valid_rows: int = 0
+    valid_positives: int = 0
+    quality_gate: str | None = None  # passed, forced or skipped (set by train_ranking)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         """The metrics the manifest records (and `--json` prints), in field order."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["notes"]
+        return out
+
+    def gate_check(self) -> GateCheck:
+        """Best validation AUC against the baseline's on the same validation rows."""
+        skipped = None
+        negatives = self.valid_rows - self.valid_positives
+        if self.best_valid_auc is None or self.valid_baseline_auc is None:
+            skipped = "no validation phase ran"
+        elif min(self.valid_positives, negatives) < MIN_GATE_CLASS_ROWS:
+            skipped = (f"{self.valid_positives} positive and {negatives} negative validation "
+                       f"rows, fewer than the {MIN_GATE_CLASS_ROWS} of each needed to compare "
+                       f"with {self.baseline}")
+        return GateCheck("AUC", self.best_valid_auc, self.valid_baseline_auc, self.baseline,
+                         skipped)
 
 
 @dataclass
@@ -194,6 +223,13 @@ class ItemRateBaseline:
         return self.rate[rows.item_rows]
 
 
+def _baseline_scores(problem: RankingProblem, train_rows: Rows, rows: Rows) -> np.ndarray:
+    """The baseline's AUC scores for `rows`: item CTR on labelled data, item popularity on
+    implicit data, both counted on `train_rows`."""
+    baseline = ItemRateBaseline(train_rows, len(problem.item_ids) + 1)
+    return baseline.predict(rows) if problem.labelled else baseline.popularity[rows.item_rows]
+
+
 class Trainer:
     """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem."""
 
@@ -273,7 +309,7 @@ def schedule(config: RankingConfig) -> Schedule:
                 f"again with a lower --learning-rate (e.g. {rate / 10:g})")
 
     return Schedule(config.epochs, config.patience, "valid_auc", diverged,
-                    ("train-ranking: fit, validate", "train-ranking: refit on train"))
+                    ("train-ranking: validation epoch", "train-ranking: refit epoch"))
 
 
 def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
@@ -291,17 +327,21 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
                          "interactions, found none; run `mstage prepare-data` again")
     folds = data.fold(config.split)
     rng = np.random.default_rng(config.seed)
+    valid: dict[str, Any] = {}  # the baseline on the validation rows, for the quality gate
 
     def validation() -> Phase | None:
         problem = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
                                  config.negatives, VALID_NEGATIVES_SEED)
-        _check_labels(problem.given_rows(np.random.default_rng(config.seed)), "FIT")
+        fit_rows = problem.given_rows(np.random.default_rng(config.seed))
+        _check_labels(fit_rows, "FIT")
         if not _has_both_classes(problem.eval_rows):
             reporter.log("validation rows lack both classes; training for all --epochs "
                          "without early stopping")
             return None
         trainer = Trainer(problem, config)
         rows = problem.eval_rows
+        valid.update(rows=len(rows), positives=int(rows.labels.sum()),
+                     baseline_auc=auc(rows.labels, _baseline_scores(problem, fit_rows, rows)))
         return Phase(lambda: trainer.epoch(rng), lambda: auc(rows.labels, trainer.predict(rows)))
 
     def refit() -> Phase:
@@ -323,8 +363,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
     test = final.eval_rows
     probs = trainer.predict(test)
     baseline = ItemRateBaseline(first_rows, len(final.item_ids) + 1)
-    baseline_scores = baseline.predict(test) if final.labelled else \
-        baseline.popularity[test.item_rows]
+    baseline_scores = _baseline_scores(final, first_rows, test)
     run = RankingRun(
         test_auc=auc(test.labels, probs),
         test_log_loss=log_loss(test.labels, probs),
@@ -339,6 +378,9 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
         test_positives=int(test.labels.sum()),
         history=[{"epoch": log.epoch, "loss": log.loss, "valid_auc": log.score}
                  for log in training.validation],
+        valid_baseline_auc=valid.get("baseline_auc"),
+        valid_rows=valid.get("rows", 0),
+        valid_positives=valid.get("positives", 0),
     )
     params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
               "top_units": list(TOP_UNITS), "epochs_trained": training.best_epoch,
@@ -348,13 +390,20 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
 
 
 def train_ranking(ws: Workspace, config: RankingConfig,
-                  reporter: Reporter = SILENT) -> RankingRun:
+                  reporter: Reporter = SILENT, force: bool = False) -> RankingRun:
     """`mstage train-ranking`: fit on the workspace's prepared data and publish the ranking
     artifact (SavedModel, encoders; config and metrics in the manifest). A failure keeps the
-    previous artifact."""
+    previous artifact, and so does a model whose best validation AUC is not above the
+    baseline's on the validation rows (QualityGateFailed) unless `force`."""
     data = PreparedData(ws.require(Artifact.DATA))
+    kept = ("the previous ranking model is kept" if ws.exists(Artifact.RANKING)
+            else "no ranking model is published")
     with ws.build(Artifact.RANKING) as b:
         run = fit_ranking(data, config, b.dir, reporter)
+        run.quality_gate, note = quality_gate(
+            run.gate_check(), kept, "check --learning-rate/--epochs", force)
+        if note is not None:
+            run.notes.append(note)
         b.config = as_dict(config)
         b.metrics = run.metrics()
     return run

@@ -21,11 +21,20 @@ from mstage.models.encoders import FeatureEncoders
 from mstage.models.tensorflow_runtime import import_keras
 from mstage.models.two_tower import TowerParams, TowerTrainer, TwoTower
 from mstage.progress import SILENT, Reporter
-from mstage.training.core import Phase, Schedule, make_optimizer, validate_then_refit
+from mstage.training.core import (
+    GateCheck,
+    Phase,
+    Schedule,
+    make_optimizer,
+    quality_gate,
+    validate_then_refit,
+)
 from mstage.workspace import Artifact, Workspace
 
 EARLY_STOPPING_METRIC = "recall@20"
 TEST_KS = (10, 20, 100)
+# Fewer validation users than this cannot tell a model from popularity: the gate is skipped.
+MIN_GATE_USERS = 10
 
 
 @dataclass
@@ -42,6 +51,21 @@ class RetrievalRun:
     examples_per_second: float
     stats: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    validation_popularity: float | None = None  # popularity's recall@20 on VALID
+    validation_users: int = 0
+    quality_gate: str | None = None  # passed, forced or skipped (set by train_retrieval)
+
+    def gate_check(self) -> GateCheck:
+        """Validation recall@20 of the best epoch against popularity's on the same users."""
+        model = max((v[EARLY_STOPPING_METRIC] for v in self.validation), default=None)
+        skipped = None
+        if model is None or self.validation_popularity is None:
+            skipped = "no validation phase ran"
+        elif self.validation_users < MIN_GATE_USERS:
+            skipped = (f"{self.validation_users} validation users, fewer than the "
+                       f"{MIN_GATE_USERS} needed to compare with popularity")
+        return GateCheck(EARLY_STOPPING_METRIC, model, self.validation_popularity,
+                         "popularity", skipped)
 
     def metrics(self) -> dict[str, Any]:
         """Flat metrics for the manifest."""
@@ -55,6 +79,12 @@ class RetrievalRun:
         if self.validation:
             out[f"validation_{EARLY_STOPPING_METRIC}"] = round(
                 max(v[EARLY_STOPPING_METRIC] for v in self.validation), 6)
+        if self.validation_popularity is not None:
+            out[f"validation_popularity_{EARLY_STOPPING_METRIC}"] = round(
+                self.validation_popularity, 6)
+            out["validation_users"] = self.validation_users
+        if self.quality_gate is not None:
+            out["quality_gate"] = self.quality_gate
         return out
 
 
@@ -138,7 +168,7 @@ def schedule(config: RetrievalConfig) -> Schedule:
                 f"(now {float(config.temperature)}); the previous artifact is kept")
 
     return Schedule(config.epochs, config.patience, f"val_{EARLY_STOPPING_METRIC}", diverged,
-                    ("validation", "refit"))
+                    ("train-retrieval: validation epoch", "train-retrieval: refit epoch"))
 
 
 def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | None = None,
@@ -191,6 +221,11 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
     seconds = training.refit_seconds
     examples = len(training.refit) * trainer.examples_per_epoch
 
+    valid_pop = None
+    if history:  # popularity on the validation users, for the quality gate
+        valid_pop = evaluate_scores(valid_set, popularity(valid_set),
+                                    ks=(20,))[EARLY_STOPPING_METRIC]
+
     test_set = build_eval_set(data.interactions, config.split, "test")
     if len(test_set.users):
         test = evaluate_scores(test_set, phase.score_fn(model, test_set.catalog), TEST_KS)
@@ -205,17 +240,25 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
             "early_stopping_metric": EARLY_STOPPING_METRIC,
         })
     return RetrievalRun(test, pop, history, best_epoch, batch, seconds,
-                        examples / seconds if seconds > 0 else 0.0, test_set.stats, notes)
+                        examples / seconds if seconds > 0 else 0.0, test_set.stats, notes,
+                        valid_pop, len(valid_set.users))
 
 
 def train_retrieval(ws: Workspace, config: RetrievalConfig,
-                    reporter: Reporter = SILENT) -> RetrievalRun:
+                    reporter: Reporter = SILENT, force: bool = False) -> RetrievalRun:
     """`mstage train-retrieval`: fit on the workspace's prepared data and publish the
     retrieval artifact (towers, encoders, item embeddings; config and metrics in the manifest).
-    A failure keeps the previous artifact."""
+    A failure keeps the previous artifact, and so does a model whose validation recall@20 is
+    not above popularity's (QualityGateFailed) unless `force`."""
     data = PreparedData(ws.require(Artifact.DATA))
+    kept = ("the previous retrieval artifact is kept" if ws.exists(Artifact.RETRIEVAL)
+            else "no retrieval artifact is published")
     with ws.build(Artifact.RETRIEVAL) as b:
         run = fit_retrieval(data, config, b.dir, reporter)
+        run.quality_gate, note = quality_gate(
+            run.gate_check(), kept, "check --learning-rate/--temperature", force)
+        if note is not None:
+            run.notes.append(note)
         b.config = as_dict(config)
         b.metrics = run.metrics()
     return run

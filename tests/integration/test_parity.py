@@ -150,6 +150,17 @@ def test_recommend_server_human_output(cli, served, users):
     assert "category" in result.stdout  # attributes from the workspace's feature store
 
 
+def test_status_shows_the_server_and_whether_it_serves_the_current_ensemble(cli, served):
+    status = json.loads(cli("-w", served.ws, "status", "--json").stdout)
+    assert status["server"] == {"pid": served.pid, "grpc": served.grpc, "http": served.http,
+                                "repository": str(served.ws / "ensemble" / "model_repository"),
+                                "current": True}
+    assert cli("-w", served.ws, "build-ensemble").exit_code == 0  # the server keeps the old
+    rebuilt = cli("-w", served.ws, "status")
+    assert "serving an older or another repository; `mstage stop` then `mstage serve`" in \
+        " ".join(rebuilt.stdout.split())
+
+
 def test_server_stopped_mid_batch_keeps_the_answers_and_lists_the_rest(cli, served, monkeypatch,
                                                                        pipeline_workspace,
                                                                        tmp_path):

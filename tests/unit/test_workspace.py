@@ -132,3 +132,86 @@ def test_update_metrics_merges(tmp_path):
     assert json.loads(ws.manifest_path.read_text())["artifacts"]["data"]["metrics"] == {
         "m": 1.0, "extra": 2}
 
+
+
+# damage, a corrupt manifest, leftovers -----------------------------------------------------
+
+
+def test_a_missing_or_changed_file_makes_the_artifact_damaged(tmp_path):
+    from mstage.errors import ArtifactDamaged
+
+    ws = Workspace(tmp_path / "ws")
+    publish(ws, Artifact.DATA, "v1")
+    assert ws.record(Artifact.DATA)["files"]["payload.txt"]["size"] == 2
+    payload = ws.path(Artifact.DATA) / "payload.txt"
+    payload.write_text("v2")  # same size, other bytes
+    assert ws.state(Artifact.DATA) == ("damaged", "data/payload.txt changed")
+    with pytest.raises(ArtifactDamaged, match=r"expected the data artifact as published, found "
+                       r"data/payload.txt changed; rebuild it with `mstage prepare-data`"):
+        ws.require(Artifact.DATA)
+    payload.unlink()
+    assert ws.state(Artifact.DATA) == ("damaged", "data/payload.txt missing")
+    assert ws.next_command() == "mstage prepare-data"
+
+
+def test_a_live_store_file_may_change_without_damage(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    publish(ws, Artifact.DATA)
+    with ws.build(Artifact.FEATURES) as b:
+        (b.dir / "online.db").write_bytes(b"rows")
+    (ws.path(Artifact.FEATURES) / "online.db").write_bytes(b"rows written by a push")
+    assert ws.state(Artifact.FEATURES) == ("ready", "")
+    (ws.path(Artifact.FEATURES) / "online.db").unlink()
+    assert ws.state(Artifact.FEATURES) == ("damaged", "features/online.db missing")
+
+
+def test_file_digest_sees_the_end_of_large_files(tmp_path):
+    from mstage.workspace import SAMPLE_BYTES, file_digest
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"a" * (3 * SAMPLE_BYTES))
+    before = file_digest(big)
+    with open(big, "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"b")  # the last byte
+    assert file_digest(big) != before
+
+
+@pytest.mark.parametrize("text, found", [
+    ('{"artifacts": {"data": {"finger', "JSONDecodeError"),
+    ("[1, 2]", "TypeError"),
+    ('{"artifacts": {"data": {"built_at": "x"}}}', "an artifact record lacks its fingerprint"),
+    ('{"version": 1}', "KeyError"),
+])
+def test_a_corrupt_manifest_is_one_error_naming_the_repair(tmp_path, text, found):
+    from mstage.errors import ManifestCorrupt
+
+    ws = Workspace(tmp_path / "ws")
+    publish(ws, Artifact.DATA)
+    ws.manifest_path.write_text(text)
+    with pytest.raises(ManifestCorrupt, match=rf"expected a readable manifest at "
+                       rf"{ws.manifest_path}, found .*{found}.*; run `mstage status --repair`"):
+        ws.state(Artifact.DATA)
+
+
+def test_repair_rebuilds_the_manifest_from_disk_marking_what_it_cannot_know(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    publish(ws, Artifact.DATA)
+    publish(ws, Artifact.RETRIEVAL)
+    ws.manifest_path.write_text("garbage")
+    assert ws.repair() == {"recovered": ["data", "retrieval"],
+                           "missing": ["ranking", "features", "index", "ensemble"]}
+    assert ws.state(Artifact.DATA) == ("ready", "") == ws.state(Artifact.RETRIEVAL)
+    record = ws.record(Artifact.RETRIEVAL)
+    assert record["inputs"] == {"data": ws.record(Artifact.DATA)["fingerprint"]}
+    assert "config" in record["unverified"] and record["files"]["payload.txt"]["size"] == 2
+    assert ws.next_command() == "mstage train-ranking"
+
+
+def test_staging_left_by_a_killed_command_is_removed_by_the_next_lock(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    leftover = ws.root / ".staging" / "retrieval-deadbeef"
+    leftover.mkdir(parents=True)
+    (leftover / "query_tower.bin").write_bytes(b"x" * 100)
+    publish(ws, Artifact.DATA)
+    assert not leftover.exists()
