@@ -300,8 +300,14 @@ def load_config(path: Path) -> Config:
     """Read mstage.toml (defaults when absent); errors name the file and the key."""
     if not path.exists():
         return Config()
+    if path.is_dir():
+        raise ConfigError(f"expected {path} to be a file, found a directory; remove or rename "
+                          "it (mstage writes its settings there)")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"expected UTF-8 text in {path}, found byte 0x{e.object[e.start]:02x} "
+                          f"at offset {e.start}; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"expected valid TOML in {path}, found an error: {e}") from None
     sections = {f.name: f for f in dataclasses.fields(Config)}

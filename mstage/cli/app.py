@@ -7,11 +7,14 @@ with `--verbose`. Global flags are accepted before or after the command name.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,69 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from mstage import __version__
 from mstage.errors import MstageError
 
 GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v"}
 GLOBAL_VALUED = {"--workspace", "-w"}
+_click_errors = sys.modules[typer.BadParameter.__module__]
+"""click's exceptions module as typer uses it (typer 0.2x ships its own copy of click)."""
 
 
-class HoistingGroup(TyperGroup):
-    """Lets `mstage recommend --user-id 1 --json` mean `mstage --json recommend --user-id 1`."""
+class _FlagsWithoutMetavar:
+    """Flags take no value, so their help shows no metavar (typer would show `<bool>`)."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if (getattr(param, "is_flag", False) or getattr(param, "count", False)) \
+                    and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line(command: str | None = None) -> Iterator[None]:
+    """click's own usage errors (unknown option or command, missing or bad value) as one
+    line naming the help to read, exit code 2, instead of typer's multi-line box.
+    `command`: the subcommand being parsed, for errors that carry no context."""
+    try:
+        yield
+    except _click_errors.NoArgsIsHelpError:
+        raise  # bare `mstage`: the help, as before
+    except _click_errors.UsageError as e:
+        names = [command] if command else []
+        if e.ctx is not None:
+            names, ctx = [], e.ctx
+            while ctx.parent is not None:
+                names.insert(0, ctx.info_name)
+                ctx = ctx.parent
+        message = " ".join(e.format_message().split()).rstrip(".")
+        raise fail(f"{message}; run `{' '.join(['mstage', *names, '--help'])}`",
+                   e.exit_code) from None
+
+
+class MstageCommand(_FlagsWithoutMetavar, TyperCommand):
+    """Every mstage command's click class (see `command`): usage errors as one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> typer.Context:
+        with _usage_errors_in_one_line(info_name):
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+
+class HoistingGroup(_FlagsWithoutMetavar, TyperGroup):
+    """Lets `mstage recommend --user-id 1 --json` mean `mstage --json recommend --user-id 1`;
+    usage errors print as one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> typer.Context:
+        with _usage_errors_in_one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         if "--" in args:
@@ -91,10 +146,10 @@ class Session:
         return load_config(self.workspace.config_path)
 
     def progress(self):
-        """A rich progress display on stderr; silent with --quiet or when stderr is not a tty."""
+        """Progress on stderr: rich bars on a tty, plain lines otherwise; silent with --quiet."""
         from mstage.cli.progress import RichReporter
 
-        return RichReporter(self.err, enabled=not self.quiet and self.err.is_terminal)
+        return RichReporter(self.err, enabled=not self.quiet)
 
     def log(self, message: str) -> None:
         self.err.print(escape(message), highlight=False)
@@ -163,7 +218,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def command(name: str, **kwargs: Any) -> Callable:
-    """Register a command behind the error boundary: MstageError -> one line + exit code."""
+    """Register a command behind the error boundary: MstageError and OSError -> one line +
+    exit code."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -174,12 +230,93 @@ def command(name: str, **kwargs: Any) -> Callable:
                 if _verbose():
                     traceback.print_exc()
                 raise fail(str(e), e.exit_code) from None
+            except OSError as e:
+                if _verbose():
+                    traceback.print_exc()
+                raise os_failure(e, name, kw.values()) from None
             except KeyboardInterrupt:
                 raise fail("interrupted; earlier artifacts are intact", 130) from None
 
+        kwargs.setdefault("cls", MstageCommand)
         return app.command(name, **kwargs)(guarded)
 
     return decorate
+
+
+def os_failure(e: OSError, command: str, options: Iterable[Any] = ()) -> typer.Exit:
+    """An OSError as one line naming the path and the errno text, and what to do; exit 1, or
+    2 when the path is one the user gave (one of the command's `options` values, or a path
+    through a file).
+
+    A closed stdout (`mstage ... | head -1`) exits 1 silently, as Unix tools do."""
+    if e.errno in (errno.EPIPE, errno.ENOSPC) and e.filename is None and _stdout_failed():
+        _discard_stdout()
+        if e.errno == errno.EPIPE:
+            return typer.Exit(1)
+        return fail(f"expected to write the result to stdout, found {_reason(e)}; send it to "
+                    "a file or pipe that can take it", 1)
+    path = e.filename
+    given = isinstance(e, NotADirectoryError) or _is_given_path(path, options)
+    where = f" {path}" if path else ""
+    rerun = f"then rerun `mstage {command}`"
+    if isinstance(e, PermissionError):
+        fix = ("check its permissions or pass another path" if given else
+               "make the workspace writable (or pass another --workspace)")
+        message = f"expected access to{where}, found {_reason(e)}; {fix}, {rerun}"
+    elif isinstance(e, NotADirectoryError):
+        message = (f"expected directories along the path{where}, found a file in the way "
+                   f"({_reason(e)}); pass a path whose parents are directories (e.g. "
+                   f"--workspace), {rerun}")
+    elif isinstance(e, IsADirectoryError):
+        message = (f"expected a file at{where}, found a directory ({_reason(e)}); remove or "
+                   f"rename that directory, {rerun}")
+    elif e.errno == errno.ENOSPC:
+        message = (f"expected room to write{where or ' to the workspace'}, found "
+                   f"{_reason(e)}; free disk space (or pass another --workspace), {rerun}")
+    elif isinstance(e, FileNotFoundError):
+        message = f"expected{where or ' a file'}, found nothing ({_reason(e)}); check the " \
+                  f"path, {rerun}"
+    else:
+        message = f"expected to use{where or ' a file or connection'}, found {_reason(e)}; " \
+                  f"fix that, {rerun}"
+    return fail(message, 2 if given else 1)
+
+
+def _reason(e: OSError) -> str:
+    if e.errno is not None and e.strerror:
+        return f"[Errno {e.errno}] {e.strerror}"
+    return str(e) or type(e).__name__
+
+
+def _is_given_path(path: Any, options: Iterable[Any]) -> bool:
+    """Whether `path` is one of the command's option values (an input or output file the
+    user named, not one inside the workspace)."""
+    if path is None:
+        return False
+    target = os.path.abspath(os.fsdecode(path))
+    return any(isinstance(v, str | Path) and str(v) and os.path.abspath(v) == target
+               for v in options)
+
+
+def _stdout_failed() -> bool:
+    """Whether stdout cannot take what is buffered for it (a closed pipe, a full device)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    except ValueError:  # closed
+        return False
+    return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so exiting does not fail again flushing what is left."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _verbose() -> bool:

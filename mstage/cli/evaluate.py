@@ -23,7 +23,8 @@ def evaluate(
     plot: Path = typer.Option(None, "--plot", metavar="FILE.png",
                               help="Also draw recall@k and NDCG@k per model into a PNG."),
 ) -> None:
-    """Measure recall, NDCG, hit rate and coverage of popularity, retrieval and the pipeline."""
+    """Measure recall, NDCG, hit rate and coverage of popularity, EASE, retrieval and the
+    pipeline, with standard errors and the pipeline's paired differences to each."""
     from mstage.evaluation.evaluate import evaluate_workspace, manifest_summary
     from mstage.evaluation.plots import check_png_path, plot_quality
     from mstage.workspace import Artifact
@@ -53,11 +54,26 @@ def evaluate(
         models = list(report.rows)
         names = [f"{m}@{kk}" for m in COLUMNS for kk in report.ks]
         stats = report.stats
+
+        def cell(model: str, name: str) -> str:
+            value = report.rows[model].get(name, float("nan"))
+            se = report.standard_errors.get(model, {}).get(name)
+            return f"{value:.4f}" + ("" if se is None else f" ±{se:.4f}")
+
         console.print(table(
-            f"test metrics, {split} split, {report.users} evaluated users "
+            f"test metrics ± standard error, {split} split, {report.users} evaluated users "
             f"(train {stats['train_users']} users / {stats['train_items']} items / "
             f"{stats['train_interactions']} interactions)", ["metric", *models],
-            [(n, *[report.rows[m].get(n, float("nan")) for m in models]) for n in names]))
+            [(n, *[cell(m, n) for m in models]) for n in names]))
+        shown = [f"{m}@{kk}" for kk in report.ks[:2] for m in ("recall", "ndcg")]
+        console.print(table(
+            "paired differences, mean over the same users [95 % interval]",
+            ["comparison", *shown],
+            [(pair, *[_interval(diffs[n]) for n in shown])
+             for pair, diffs in report.comparisons.items()]))
+        if report.ease:
+            console.print(f"EASE L2 weight {report.ease['l2']:g}, chosen on validation "
+                          f"(recall@20 {report.ease['validation_recall@20']:.4f})")
         auc = report.ranking.get("test_auc")
         extras = report.pipeline
         console.print(
@@ -67,3 +83,7 @@ def evaluate(
                                                    if plot is not None else ""))
 
     s.emit(result, render)
+
+
+def _interval(diff: dict[str, float]) -> str:
+    return f"{diff['difference']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}]"

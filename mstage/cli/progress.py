@@ -25,8 +25,8 @@ class _RichTask:
             self._progress.update(self._id, advance=n)
 
 
-def _fields(fields: dict[str, Any], digits: str) -> str:
-    return "  ".join(f"{k} {v:{digits}}" if isinstance(v, float) else f"{k} {v}"
+def _fields(fields: dict[str, Any], digits: str, sep: str = "  ") -> str:
+    return sep.join(f"{k} {v:{digits}}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in fields.items())
 
 
@@ -59,9 +59,10 @@ class _PlainTask:
     def advance(self, n: float = 1, **fields: Any) -> None:
         self.completed += n
         if fields:
-            self.info = _fields(fields, ".4g")
+            self.info = _fields(fields, ".4g", " ")
         now = time.perf_counter()
-        if now - self._printed >= PLAIN_INTERVAL:
+        finished = self.total is not None and self.completed >= self.total  # end() says it
+        if not finished and now - self._printed >= PLAIN_INTERVAL:
             self._print(f"{self._state()} ({now - self.started:.1f} s)")
 
     def end(self, failed: bool) -> None:

@@ -1,4 +1,4 @@
-"""Reference recommenders reported beside every model: popularity and ItemKNN.
+"""Reference recommenders reported beside every model: popularity, ItemKNN and EASE.
 
 Both return a score function for `evaluate_scores`: user ids int64 [b] -> float64
 [b, n_catalog] over the EvalSet's train catalog. Ties (equal counts or similarity sums) are
@@ -58,6 +58,33 @@ def item_knn(eval_set: EvalSet) -> ScoreFn:
 
     def score(user_ids: np.ndarray) -> np.ndarray:
         return _user_item_rows(eval_set, user_ids) @ similarity
+
+    return score
+
+
+EASE_LAMBDAS = (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)
+"""The grid EASE's L2 weight is chosen from, on validation (MovieLens-100K's best is ~250)."""
+
+
+def ease(eval_set: EvalSet, l2: float) -> ScoreFn:
+    """EASE (Steck 2019): the item x item weights B = argmin |X - XB|^2 + l2 |B|^2 with
+    diag(B) = 0, in closed form: P = (X'X + l2 I)^-1, B = -P / diag(P), diag(B) = 0.
+    Score of item j for user u = sum over u's train items i of B[i, j]."""
+    n = eval_set.n_catalog
+    if n > MAX_ITEMKNN_ITEMS:
+        raise InputError(f"expected at most {MAX_ITEMKNN_ITEMS} train items for EASE (a dense "
+                         f"item x item solve), found {n}")
+    gram = np.zeros((n, n), dtype=np.float64)
+    for start in range(0, len(eval_set.train_users), 4096):
+        block = _user_item_rows(eval_set, eval_set.train_users[start:start + 4096])
+        gram += block.T @ block
+    gram[np.diag_indices(n)] += l2
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    weights[np.diag_indices(n)] = 0.0
+
+    def score(user_ids: np.ndarray) -> np.ndarray:
+        return _user_item_rows(eval_set, user_ids) @ weights
 
     return score
 

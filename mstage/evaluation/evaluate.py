@@ -1,7 +1,10 @@
-"""`evaluate`: the protocol of docs/evaluation.md for popularity, retrieval alone and the pipeline.
+"""`evaluate`: the protocol of docs/evaluation.md for popularity, EASE, retrieval alone and the
+pipeline, with per-user standard errors and paired differences.
 
-All three rows use one EvalSet (same split, same evaluated users), so they compare directly:
+All rows use one EvalSet (same split, same evaluated users), so they compare directly:
 - popularity ranks the train catalog by train counts;
+- EASE, a closed-form linear item-item model, its L2 weight chosen on validation: the strong
+  simple baseline (only for catalogs of at most 20k items: it solves an item x item system);
 - retrieval scores the whole train catalog exactly with query-tower user embeddings against
   the exported item embeddings (no index, no filtering: the model's own ceiling);
 - the pipeline runs retrieval -> filtering -> scoring -> ordering in-process through
@@ -52,11 +55,15 @@ class EvaluationReport:
     pipeline: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    standard_errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    comparisons: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    ease: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "ks": self.ks, "users": self.users, "stats": self.stats,
-                "models": self.rows, "ranking": self.ranking, "pipeline": self.pipeline,
-                "seconds": self.seconds, "notes": self.notes}
+                "models": self.rows, "standard_errors": self.standard_errors,
+                "comparisons": self.comparisons, "ease": self.ease, "ranking": self.ranking,
+                "pipeline": self.pipeline, "seconds": self.seconds, "notes": self.notes}
 
 
 def parse_ks(ks: Sequence[int]) -> list[int]:
@@ -92,7 +99,8 @@ def seen_items(eval_set: EvalSet, user_ids: np.ndarray) -> list[np.ndarray]:
 
 
 def evaluate_recommendations(eval_set: EvalSet, recommend: RecommendFn, ks: Sequence[int],
-                             batch_size: int = 256, reporter: Reporter = SILENT
+                             batch_size: int = 256, reporter: Reporter = SILENT,
+                             per_user: dict[str, np.ndarray] | None = None
                              ) -> tuple[dict[str, float], dict[str, Any]]:
     """Protocol metrics of a recommender that returns item ids rather than catalog scores.
 
@@ -124,6 +132,8 @@ def evaluate_recommendations(eval_set: EvalSet, recommend: RecommendFn, ks: Sequ
             totals.add(cols, ids, eval_set.relevant_sets.rows(start, start + len(users)))
             task.advance(len(users))
     metrics = totals.result(n_users)
+    if per_user is not None:
+        per_user.update(totals.per_user())
     extras["fallback_share"] = extras["fallback_users"] / n_users
     return metrics, extras
 
@@ -202,7 +212,8 @@ def evaluate_workspace(ws: Workspace, config, *, ks: Sequence[int] = DEFAULT_KS,
 
     `recommend` replaces the in-process pipeline (tests pass a fake with its interface)."""
     from mstage.data.schema import PreparedData
-    from mstage.evaluation.baselines import popularity
+    from mstage.evaluation.baselines import MAX_ITEMKNN_ITEMS, popularity
+    from mstage.evaluation.intervals import paired_differences, standard_errors
 
     ks = parse_ks(ks)
     if split not in SPLITS:
@@ -221,24 +232,49 @@ def evaluate_workspace(ws: Workspace, config, *, ks: Sequence[int] = DEFAULT_KS,
     report.ranking = ranking_metrics(ws)
     report.notes += _split_notes(ws, split)
 
-    started = time.perf_counter()
-    report.rows["popularity"] = evaluate_scores(eval_set, popularity(eval_set), ks,
-                                                reporter=reporter)
-    report.seconds["popularity"] = time.perf_counter() - started
+    per_user: dict[str, dict[str, np.ndarray]] = {}
 
-    started = time.perf_counter()
-    score = retrieval_scores(ws, eval_set, data.users)
-    report.rows["retrieval"] = evaluate_scores(eval_set, score, ks, batch_size=512,
-                                               reporter=reporter)
-    report.seconds["retrieval"] = time.perf_counter() - started
+    def measure(model: str, score_fn, batch_size: int = 1024) -> None:
+        started = time.perf_counter()
+        per_user[model] = {}
+        report.rows[model] = evaluate_scores(eval_set, score_fn, ks, batch_size=batch_size,
+                                             reporter=reporter, per_user=per_user[model])
+        report.seconds[model] = time.perf_counter() - started
+
+    measure("popularity", popularity(eval_set))
+    if eval_set.n_catalog <= MAX_ITEMKNN_ITEMS:
+        score, report.ease = tuned_ease(data, split, users, seed, reporter)
+        measure("ease", score(eval_set))
+    measure("retrieval", retrieval_scores(ws, eval_set, data.users), batch_size=512)
 
     started = time.perf_counter()
     recommend = recommend or pipeline_recommend(ws, config, ks[-1], report.notes)
+    per_user["pipeline"] = {}
     report.rows["pipeline"], report.pipeline = evaluate_recommendations(
-        eval_set, recommend, ks, reporter=reporter)
+        eval_set, recommend, ks, reporter=reporter, per_user=per_user["pipeline"])
     report.seconds["pipeline"] = time.perf_counter() - started
     report.notes += _pipeline_notes(report.pipeline)
+    report.standard_errors = {m: standard_errors(v) for m, v in per_user.items()}
+    report.comparisons = {f"pipeline - {m}": paired_differences(per_user["pipeline"], v)
+                          for m, v in per_user.items() if m != "pipeline"}
     return report
+
+
+def tuned_ease(data, split: str, users: int | None, seed: int, reporter: Reporter):
+    """EASE with the L2 weight of EASE_LAMBDAS that scores the best validation recall@20
+    (train FIT, evaluate VALID; on the same user sample size): a function of an EvalSet
+    giving its score function, and what was chosen."""
+    from mstage.evaluation.baselines import EASE_LAMBDAS, ease
+
+    validation = sample_users(load_eval_set(data, split, "validation"), users, seed)
+    if len(validation.users) == 0:
+        l2, best = 250.0, float("nan")
+    else:
+        results = {l2: evaluate_scores(validation, ease(validation, l2), (20,))["recall@20"]
+                   for l2 in EASE_LAMBDAS}
+        l2 = max(results, key=lambda value: (results[value], -value))
+        best = results[l2]
+    return (lambda eval_set: ease(eval_set, l2)), {"l2": l2, "validation_recall@20": best}
 
 
 def _split_notes(ws: Workspace, split: str) -> list[str]:

@@ -164,12 +164,14 @@ def load_eval_set(data, split: str = "user-temporal", phase: str = "test") -> Ev
 
 
 def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DEFAULT_KS,
-                    batch_size: int = 1024, reporter: Reporter = SILENT) -> dict[str, float]:
+                    batch_size: int = 1024, reporter: Reporter = SILENT,
+                    per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Exact top-k metrics of score_fn(user_ids int64 [b]) -> float [b, n_catalog] over the
     evaluated users, with each user's train items excluded and ties to the smaller item id.
     Batches hold at most batch_size users and MAX_BATCH_CELLS scores.
 
-    Returns {"recall@k", "ndcg@k", "hitrate@k", "coverage@k" for k in ks, "users": n}.
+    Returns {"recall@k", "ndcg@k", "hitrate@k", "coverage@k" for k in ks, "users": n};
+    `per_user`, when given, receives each metric's value per user (for intervals).
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -198,6 +200,8 @@ def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DE
             top_ids = np.where(top == PAD, PAD, eval_set.catalog[np.maximum(top, 0)])
             totals.add(top, top_ids, eval_set.relevant_sets.rows(start, start + len(users)))
             task.advance(len(users))
+    if per_user is not None:
+        per_user.update(totals.per_user())
     return totals.result(n_users)
 
 
@@ -208,7 +212,8 @@ class MetricTotals:
 
     def __init__(self, ks: Sequence[int], n_catalog: int):
         self.ks, self.n_catalog = list(ks), n_catalog
-        self.sums = {f"{name}@{k}": 0.0 for k in self.ks for name in ("recall", "ndcg", "hitrate")}
+        self.values: dict[str, list[np.ndarray]] = {
+            f"{name}@{k}": [] for k in self.ks for name in ("recall", "ndcg", "hitrate")}
         self.covered = {k: np.zeros(n_catalog, dtype=bool) for k in self.ks}
 
     def add(self, top_cols: np.ndarray, top_ids: np.ndarray, relevant: RelevantSets) -> None:
@@ -218,15 +223,21 @@ class MetricTotals:
         hits = hit_matrix(top_ids, relevant, max(self.ks))
         sizes = relevant.sizes
         for k in self.ks:
-            self.sums[f"recall@{k}"] += float(recall_per_user(hits[:, :k], sizes).sum())
-            self.sums[f"ndcg@{k}"] += float(ndcg_per_user(hits[:, :k], sizes).sum())
-            self.sums[f"hitrate@{k}"] += float(hits[:, :k].any(axis=1).sum())
+            self.values[f"recall@{k}"].append(recall_per_user(hits[:, :k], sizes))
+            self.values[f"ndcg@{k}"].append(ndcg_per_user(hits[:, :k], sizes))
+            self.values[f"hitrate@{k}"].append(hits[:, :k].any(axis=1).astype(np.float64))
             chosen = top_cols[:, :k]
             self.covered[k][chosen[chosen >= 0]] = True
 
+    def per_user(self) -> dict[str, np.ndarray]:
+        """Each metric's value per evaluated user, in the order of the EvalSet's users."""
+        return {name: np.concatenate(parts) if parts else np.zeros(0)
+                for name, parts in self.values.items()}
+
     def result(self, n_users: int) -> dict[str, float]:
         """Means over n_users, then coverage@k over the catalog, then "users"."""
-        result = {name: value / n_users for name, value in self.sums.items()}
+        result = {name: float(values.sum()) / n_users
+                  for name, values in self.per_user().items()}
         for k in self.ks:
             result[f"coverage@{k}"] = float(self.covered[k].sum() / self.n_catalog)
         result["users"] = n_users

@@ -55,9 +55,9 @@ def evaluated(built, tmp_path_factory):
     return out, plot
 
 
-def test_reports_three_models_per_k_and_records_them(built, evaluated):
+def test_reports_four_models_per_k_and_records_them(built, evaluated):
     out, _ = evaluated
-    assert list(out["models"]) == ["popularity", "retrieval", "pipeline"]
+    assert list(out["models"]) == ["popularity", "ease", "retrieval", "pipeline"]
     for metrics in out["models"].values():
         for k in (10, 20, 100):
             assert {f"recall@{k}", f"ndcg@{k}", f"hitrate@{k}", f"coverage@{k}"} <= metrics.keys()
@@ -110,7 +110,8 @@ def test_sampled_users_and_rendered_table(built):
     stdout = _run("--workspace", built, "evaluate", "--users", "40", "--k", "5,10",
                   "--split", "user-temporal")
     assert "40 evaluated users" in stdout
-    for text in ("popularity", "retrieval", "pipeline", "recall@5", "ndcg@10", "ranker test AUC"):
+    for text in ("popularity", "ease", "retrieval", "pipeline", "recall@5", "ndcg@10",
+                 "ranker test AUC", "pipeline - retrieval", "EASE L2 weight"):
         assert text in stdout
 
 
@@ -158,3 +159,23 @@ def test_bad_options_are_usage_errors(cli, args, message):
     result = cli("evaluate", *args)
     assert result.exit_code == 2
     assert message in " ".join(result.stderr.split())
+
+
+def test_standard_errors_and_paired_differences_from_the_per_user_values(evaluated):
+    out, _ = evaluated
+    n = out["users"]
+    for model, errors in out["standard_errors"].items():
+        hit = out["models"][model]["hitrate@10"]
+        # hit rate is a mean of 0/1 values: its standard error is sqrt(p(1-p)/(n-1))
+        assert errors["hitrate@10"] == pytest.approx((hit * (1 - hit) / (n - 1)) ** 0.5,
+                                                     rel=1e-6)
+    assert set(out["comparisons"]) == {"pipeline - popularity", "pipeline - ease",
+                                       "pipeline - retrieval"}
+    for pair, diffs in out["comparisons"].items():
+        other = pair.removeprefix("pipeline - ")
+        ndcg = diffs["ndcg@10"]
+        assert ndcg["difference"] == pytest.approx(
+            out["models"]["pipeline"]["ndcg@10"] - out["models"][other]["ndcg@10"], abs=1e-9)
+        assert ndcg["low"] < ndcg["difference"] < ndcg["high"]
+    assert out["comparisons"]["pipeline - popularity"]["ndcg@10"]["low"] > 0  # it learns
+    assert out["ease"]["l2"] in (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0)

@@ -125,3 +125,36 @@ def test_cut_offs_must_be_positive():
     assert parse_ks([100, 10, 10]) == [10, 100]
     with pytest.raises(UsageError, match="expected cut-offs k >= 1, found \\[0\\]"):
         parse_ks([0])
+
+
+def test_ease_matches_its_closed_form_on_a_tiny_catalog():
+    import pandas as pd
+
+    from mstage.evaluation.baselines import ease
+    from mstage.evaluation.protocol import build_eval_set
+
+    # 3 train users over items 10, 11, 12; user 4 is evaluated with item 12 held out.
+    rows = [(1, 10, 1), (1, 11, 2), (2, 11, 1), (2, 12, 2), (3, 10, 1), (3, 12, 2),
+            (4, 10, 1), (4, 12, 9)]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    df["label"] = 1
+    df["fold_user_temporal"] = np.where(df["timestamp"] == 9, 2, 0)
+    eval_set = build_eval_set(df, "user-temporal", "test")
+    x = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 0, 0]], dtype=float)  # users 1..4
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(3))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    scores = ease(eval_set, 2.0)(np.array([4, 1]))
+    np.testing.assert_allclose(scores, x[[3, 0]] @ b)
+
+
+def test_paired_differences_are_narrower_than_the_models_own_errors():
+    from mstage.evaluation.intervals import paired_differences, standard_errors
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    a, b = {"ndcg@10": base + 0.01}, {"ndcg@10": base + rng.normal(0, 0.001, 400)}
+    diff = paired_differences(a, b)["ndcg@10"]
+    # the same users move both: the difference (0.01) is sure, the models' errors overlap
+    assert diff["low"] > 0 and diff["difference"] == pytest.approx(0.01, abs=1e-3)
+    assert standard_errors(a)["ndcg@10"] > 10 * (diff["high"] - diff["low"]) / 4
