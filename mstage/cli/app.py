@@ -1,8 +1,9 @@
 """The typer app, global options, output helpers and the error boundary every command shares.
 
 Results go to stdout (a rich table, or JSON with `--json`); progress and logs go to stderr.
-Library errors (`MstageError`) become one red line and exit code 1 or 2; a traceback only
-with `--verbose`. Global flags are accepted before or after the command name.
+Library errors (`MstageError`), OS errors (a read-only or full disk, a path through a file)
+and click's usage errors become one red line and exit code 1 or 2; a traceback only with
+`--verbose`. Global flags are accepted before or after the command name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import functools
 import json
 import os
+import select
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +27,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from mstage import __version__
-from mstage.errors import MstageError
+from mstage.errors import MstageError, UsageError
 
 GLOBAL_FLAGS = {"--json", "--quiet", "-q", "--verbose", "-v"}
 GLOBAL_VALUED = {"--workspace", "-w"}
@@ -249,7 +251,7 @@ def os_failure(e: OSError, command: str, options: Iterable[Any] = ()) -> typer.E
     through a file).
 
     A closed stdout (`mstage ... | head -1`) exits 1 silently, as Unix tools do."""
-    if e.errno in (errno.EPIPE, errno.ENOSPC) and e.filename is None and _stdout_failed():
+    if e.errno in (errno.EPIPE, errno.ENOSPC) and e.filename is None and _stdout_failed(e):
         _discard_stdout()
         if e.errno == errno.EPIPE:
             return typer.Exit(1)
@@ -298,13 +300,20 @@ def _is_given_path(path: Any, options: Iterable[Any]) -> bool:
                for v in options)
 
 
-def _stdout_failed() -> bool:
-    """Whether stdout cannot take what is buffered for it (a closed pipe, a full device)."""
+def _stdout_failed(e: OSError) -> bool:
+    """Whether `e` (naming no file) came from stdout: a pipe whose reader has exited
+    (`| head -1`: the pipe polls as an error) or a full device (`> /dev/full`: even an empty
+    write fails). Python drops what failed to flush, so writing again would not tell."""
     try:
-        sys.stdout.flush()
-    except OSError:
-        return True
-    except ValueError:  # closed
+        fd = sys.stdout.fileno()
+        if e.errno == errno.EPIPE:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            return any(events & select.POLLERR for _, events in poller.poll(0))
+        os.write(fd, b"")
+    except OSError as again:  # also io.UnsupportedOperation: no file descriptor
+        return again.errno == e.errno
+    except (ValueError, AttributeError):  # closed; no poll() on this platform
         return False
     return False
 
@@ -338,9 +347,97 @@ def parse_int_list(text: str, option: str) -> list[int]:
     return values
 
 
+def server_address(text: str | None, option: str = "--server") -> str | None:
+    """HOST:PORT with PORT in 1..65535, checked before a client is imported (gRPC would
+    silently take 99999 as 99999 % 65536); None stays None."""
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"expected {option} HOST:PORT (e.g. 127.0.0.1:8001), found {text!r}")
+    if not 1 <= int(port) <= 65535:
+        raise UsageError(f"expected the port of {option} in 1..65535, found {port} in "
+                         f"{text!r}; pass the port `mstage serve` printed")
+    return text
+
+
+def catalog_size(ws) -> int | None:
+    """How many items the workspace serves, read without loading a model: the features
+    artifact's exported items, else the prepared data's items; None when neither is built."""
+    from mstage.workspace import Artifact
+
+    if ws.exists(Artifact.FEATURES):
+        from mstage.features.online import catalog_size as exported
+
+        return exported(ws.path(Artifact.FEATURES))
+    if ws.exists(Artifact.DATA):
+        from mstage.data.schema import PreparedData
+
+        return PreparedData(ws.path(Artifact.DATA)).schema.counts.get("items")
+    return None
+
+
+def check_catalog(ws, values: dict[str, int | None]) -> None:
+    """Each value (option name -> value, None when not given) at most the catalog size, or a
+    usage error naming the option; cheap, so commands call it before any heavy import."""
+    given = {option: value for option, value in values.items() if value is not None}
+    n_items = catalog_size(ws) if given else None
+    if n_items is None:
+        return
+    for option, value in given.items():
+        if value > n_items:
+            raise UsageError(f"expected {option} <= the catalog size {n_items}, found {value}; "
+                             f"lower {option}")
+
+
+def require_built(ws, artifacts: Iterable) -> None:
+    """ArtifactMissing when one of `artifacts` is not built, naming the first command to run:
+    the earliest missing step it depends on (on an empty workspace `mstage prepare-data`,
+    not the artifact's own command, which would fail for want of data)."""
+    from mstage.errors import ArtifactMissing
+
+    def earliest(artifact):
+        missing = [a for a in artifact.inputs if not ws.exists(a)]
+        return earliest(missing[0]) if missing else artifact
+
+    wanted = [a for a in artifacts if not ws.exists(a)]
+    if not wanted:
+        return
+    first = earliest(wanted[0])
+    then = "" if first is wanted[0] else " (`mstage status` lists the steps after it)"
+    raise ArtifactMissing(f"expected the {wanted[0].dirname} artifact at "
+                          f"{ws.path(wanted[0])}, found nothing; run `mstage {first.command}` "
+                          f"first{then}")
+
+
+def first_step(workspace) -> str | None:
+    """The workspace's next command to run (`Workspace.next_command`), or None when all is
+    built. An artifact made stale by a raw input file that is gone since is still usable,
+    and rebuilding it with its saved options would fail for want of that file: the steps
+    after it are named instead."""
+    from mstage.workspace import Artifact
+
+    command = workspace.next_command()
+    if command is None:
+        return None
+    for artifact in Artifact:
+        state, _ = workspace.state(artifact)
+        if state == "stale" and _raw_input_gone(workspace, artifact):
+            continue
+        if state != "ready":
+            return f"mstage {artifact.command}"
+    return None
+
+
+def _raw_input_gone(workspace, artifact) -> bool:
+    """Whether a raw file `artifact` was built from (`file:PATH` inputs) no longer exists."""
+    inputs = (workspace.record(artifact) or {}).get("inputs", {})
+    return any(name.startswith("file:") and not Path(name[5:]).is_file() for name in inputs)
+
+
 def next_step(workspace) -> str:
     """The workspace's next command to run, or the first online one when all is built."""
-    return workspace.next_command() or "mstage recommend --user-id ID"
+    return first_step(workspace) or "mstage recommend --user-id ID"
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]):

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from mstage.cli.app import command, parse_int_list, session, table
+from mstage.cli.app import (
+    check_catalog,
+    command,
+    parse_int_list,
+    server_address,
+    session,
+    table,
+)
 
 SAMPLED_USERS = 10_000
 
@@ -55,10 +62,12 @@ def bench(
         raise UsageError(f"expected --protocol grpc or http, found {protocol!r}")
     if plot is not None:
         check_png_path(plot)
+    server = server_address(server)
     s = session()
     ws = s.workspace
-    top_k = top_k or s.config.serving.top_k
     user_ids = _user_ids(ws, seed)
+    check_catalog(ws, {"--top-k" if top_k else "serving.top_k": top_k or s.config.serving.top_k})
+    top_k = top_k or s.config.serving.top_k
 
     if server is None:
         from mstage.pipeline.recommender import Recommender

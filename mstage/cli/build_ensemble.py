@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mstage.cli.app import command, session, table
+from mstage.cli.app import command, require_built, session, table
 
 
 @command("build-ensemble")
@@ -22,11 +22,13 @@ def build_ensemble(
     import dataclasses
 
     from mstage.config import override
+    from mstage.pipeline.recommender import SERVED_ARTIFACTS
     from mstage.serving.ensemble import build_ensemble as run_build
 
     s = session()
     serving = override(s.config.serving, flags=True, device=device, top_k=top_k,
                        candidates=candidates, instances=instances)
+    require_built(s.workspace, SERVED_ARTIFACTS)
     with s.progress().task("building the model repository"):
         built = run_build(s.workspace, dataclasses.replace(s.config, serving=serving))
     for warning in built.warnings:

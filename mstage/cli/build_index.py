@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mstage.cli.app import command, session, table
+from mstage.cli.app import command, require_built, session, table
 
 DEVICES = {"auto": None, "cpu": False, "gpu": True}
 
@@ -38,6 +38,7 @@ def build_index(
         raise UsageError(f"expected --device auto, cpu or gpu, found {device!r}")
     config = override(s.config.index, index=index, target_recall=target_recall,
                       exact_below=exact_below, queries=queries)
+    require_built(s.workspace, [Artifact.RETRIEVAL])
     meta = publish_index(s.workspace, config, s.progress(), use_gpu=DEVICES[device])
     if not meta["target_met"]:
         s.warn(f"recall@100 {meta['recall_at_100']:.4f} is below the target "

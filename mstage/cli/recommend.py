@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from mstage.cli.app import command, session
+from mstage.cli.app import check_catalog, command, require_built, server_address, session
 from mstage.columns import PAD
 from mstage.errors import InputError, ServerError, UsageError
 
@@ -104,13 +104,11 @@ def open_answerer(s, serving, server: str | None, protocol: str):
     from mstage.workspace import Artifact
 
     if server is None:
-        from mstage.pipeline.recommender import Recommender
+        from mstage.pipeline.recommender import SERVED_ARTIFACTS, Recommender
 
+        require_built(s.workspace, SERVED_ARTIFACTS)
         config = dataclasses.replace(s.config, serving=serving)
         recommender = Recommender.from_workspace(s.workspace, config)
-        if serving.top_k > recommender.n_items:
-            raise UsageError(f"expected --top-k <= the catalog size {recommender.n_items}, "
-                             f"found {serving.top_k}")
         return recommender, recommender.item_attributes
     from mstage.serving.client import RecommenderClient
 
@@ -196,7 +194,12 @@ def recommend(
     from mstage.config import override
 
     _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol)
+    server = server_address(server)
     s = session()
+    if server is None:  # before the config's candidates >= top_k, which would advise raising
+        top_k_key = "--top-k" if top_k is not None else "serving.top_k"
+        check_catalog(s.workspace, {top_k_key: s.config.serving.top_k if top_k is None else top_k,
+                                    "--candidates": candidates})
     serving = override(s.config.serving, flags=True, top_k=top_k, candidates=candidates)
     if seed is not None:
         import dataclasses

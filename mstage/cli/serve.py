@@ -35,7 +35,8 @@ def serve(
 
     s = session()
     ws = s.workspace
-    cfg = override(s.config.serving, http_port=http_port, grpc_port=grpc_port, host=host)
+    cfg = override(s.config.serving, flags=True, http_port=http_port, grpc_port=grpc_port,
+                   host=host)
     if repository is None:
         repository = repository_path(ws)
         if not repository.is_dir():

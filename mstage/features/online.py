@@ -162,6 +162,15 @@ def exported_items(features_dir: Path):
     return _from_offline(pd.read_parquet(directory / EXPORTED_ITEMS), spec.item_features)
 
 
+def catalog_size(features_dir: Path) -> int | None:
+    """How many items the artifact exported (the catalog the pipeline serves), from the
+    parquet footer alone: no table, no Feast. None when the table is not there."""
+    import pyarrow.parquet as pq
+
+    path = Path(features_dir) / EXPORTED_ITEMS
+    return pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
+
+
 def _from_offline(table, features: list[Feature]):
     """The offline item table in `items()` conventions (null lists -> [], NaN for numeric)."""
     out = table[[ITEM_ID] + [f.name for f in features]].reset_index(drop=True)

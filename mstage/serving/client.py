@@ -103,6 +103,8 @@ class TritonClient:
         return outputs
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from http.client import HTTPException
+
         from tritonclient.utils import InferenceServerException
 
         if self.protocol == "grpc":
@@ -111,14 +113,25 @@ class TritonClient:
             return fn(*args, **kwargs)
         except InferenceServerException as e:
             text = " ".join(str(e.message() or e).split())
+            if "Failed parsing HTTP/2" in text:  # an HTTP/1.1 server: Triton's HTTP port?
+                raise self._wrong_protocol(text) from None
             unreachable = ("UNAVAILABLE" in str(e.status()) or "failed to connect" in text
                            or "Connection refused" in text)
             if unreachable:
                 raise self._unreachable(text) from None
             raise ServerError(f"Triton at {self.address} answered model {self.model!r} with an "
                               f"error: {text}") from None
+        except HTTPException as e:  # not HTTP/1.x at all: a gRPC (HTTP/2) port
+            raise self._wrong_protocol(" ".join(str(e).split())) from None
         except OSError as e:
             raise self._unreachable(str(e)) from None
+
+    def _wrong_protocol(self, detail: str) -> ServerError:
+        other = "grpc" if self.protocol == "http" else "http"
+        return ServerError(f"expected a Triton {self.protocol} endpoint at {self.address}, "
+                           f"found a server speaking another protocol ({detail}); pass "
+                           f"--protocol {other}, or the {self.protocol} port (serving."
+                           f"{self.protocol}_port)")
 
     def _unreachable(self, detail: str) -> ServerError:
         return ServerError(f"expected a Triton server at {self.address}, found none answering "

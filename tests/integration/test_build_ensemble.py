@@ -160,7 +160,7 @@ def test_empty_workspace_names_the_first_missing_step(cli):
     result = cli("build-ensemble")
     assert result.exit_code == 2
     assert "expected the retrieval artifact" in result.stderr
-    assert "run `mstage train-retrieval` first" in result.stderr
+    assert "run `mstage prepare-data` first" in result.stderr  # train-retrieval needs data
 
 
 @pytest.mark.parametrize("args, message", [

@@ -91,11 +91,11 @@ def test_unknown_metric_in_params_is_refused(cli, isolated_workspace):
     assert "expected metric inner_product or l2" in result.stderr and "'hamming'" in result.stderr
 
 
-def test_missing_retrieval_artifact_names_train_retrieval(cli):
+def test_missing_retrieval_artifact_names_the_first_missing_step(cli):
     result = cli("build-index")
     assert result.exit_code == 2
     assert "expected the retrieval artifact" in result.stderr
-    assert "run `mstage train-retrieval` first" in result.stderr
+    assert "run `mstage prepare-data` first" in result.stderr  # train-retrieval needs data
 
 
 def test_missing_embeddings_file_names_train_retrieval(cli, isolated_workspace):

@@ -139,7 +139,7 @@ def test_missing_artifact_names_the_command(cli, pipeline_workspace, tmp_path):
 def test_empty_workspace_names_the_first_missing_step(cli):
     result = cli("recommend", "--user-id", "1")
     assert result.exit_code == 2
-    assert "run `mstage train-retrieval` first" in result.stderr
+    assert "run `mstage prepare-data` first" in result.stderr  # train-retrieval needs data
 
 
 @pytest.mark.slow

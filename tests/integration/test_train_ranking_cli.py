@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -65,6 +66,10 @@ def test_trains_beats_the_baseline_and_records_metrics(trained_ws):
     assert payload["labels"] == "clicks"
     record = Workspace(ws).record(Artifact.RANKING)
     assert record["metrics"]["test_auc"] == payload["test_auc"]
+    # the quality gate's numbers: best validation AUC above item CTR's on the same rows
+    assert record["metrics"]["quality_gate"] == "passed"
+    assert payload["best_valid_auc"] > payload["valid_baseline_auc"] > 0.5
+    assert payload["valid_positives"] >= 10 and payload["valid_rows"] > payload["valid_positives"]
     assert record["config"]["epochs"] == 4 and record["config"]["batch_size"] == 256
     assert Workspace(ws).state(Artifact.RANKING) == ("ready", "")
     for name in ("saved_model/saved_model.pb", "encoders/encoders.json", "params.json"):
@@ -138,3 +143,37 @@ def test_labels_without_clicks_are_explained(tmp_path, cli):
     assert "found all" in result.stderr and "rows labelled 0" in result.stderr
     assert "a click model cannot learn from one class" in result.stderr
     assert not (ws / "ranking").exists()
+
+
+# A learning rate this small leaves the DLRM at its random start: on this data its validation
+# AUC (about 0.31) is far below item CTR's (about 0.79).
+RANDOM = ["--epochs", 1, "--learning-rate", "1e-9"]
+GATE = re.compile(r"expected validation AUC above item CTR \(smoothed\)'s (\d\.\d{4}), "
+                  r"found (\d\.\d{4}); the previous ranking model is kept; "
+                  r"check --learning-rate/--epochs, or publish anyway with --force")
+
+
+def test_model_below_the_baseline_on_validation_is_not_published(copied_ws, cli):
+    before = _artifact_state(copied_ws), Workspace(copied_ws).record(Artifact.RANKING)
+    result = cli("-w", copied_ws, "train-ranking", *RANDOM)
+    assert result.exit_code == 1, result.stderr
+    found = GATE.search(result.stderr)
+    assert found, result.stderr
+    baseline, model = map(float, found.groups())
+    assert model < baseline
+    assert baseline == pytest.approx(before[1]["metrics"]["valid_baseline_auc"], abs=1e-4)
+    assert (_artifact_state(copied_ws), Workspace(copied_ws).record(Artifact.RANKING)) == before
+    assert not any((copied_ws / ".staging").iterdir())
+
+
+def test_force_publishes_a_model_below_the_baseline_with_a_warning(copied_ws, cli):
+    before = _artifact_state(copied_ws)
+    result = cli("-w", copied_ws, "train-ranking", *RANDOM, "--force", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "published anyway (--force)" in result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["quality_gate"] == "forced" and payload["notes"]
+    assert _artifact_state(copied_ws) != before
+    metrics = Workspace(copied_ws).record(Artifact.RANKING)["metrics"]
+    assert metrics["quality_gate"] == "forced"
+    assert metrics["best_valid_auc"] < metrics["valid_baseline_auc"]

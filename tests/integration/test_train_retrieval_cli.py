@@ -1,6 +1,7 @@
 """`mstage train-retrieval` end to end on a tiny clustered data set, and its error paths."""
 
 import json
+import re
 
 import pytest
 from retrieval_data import publish_prepared
@@ -32,6 +33,12 @@ def test_trains_reports_and_publishes(cli, prepared):
     assert record["config"]["embedding_dim"] == 8 and record["config"]["epochs"] == 3
     assert record["metrics"]["recall@20"] == pytest.approx(two_tower["recall@20"], abs=1e-6)
     assert "popularity_recall@20" in record["metrics"]
+    # the quality gate's numbers: validation recall@20 of the model and of popularity
+    metrics = record["metrics"]
+    assert metrics["quality_gate"] == "passed"
+    assert metrics["validation_recall@20"] > metrics["validation_popularity_recall@20"] > 0
+    assert out["validation_popularity"]["recall@20"] == pytest.approx(
+        metrics["validation_popularity_recall@20"], abs=1e-6)
     names = {p.name for p in ws.path(Artifact.RETRIEVAL).iterdir()}
     assert names == {"query_tower", "item_tower", "item_embeddings.parquet", "encoders",
                      "params.json"}
@@ -121,3 +128,71 @@ def test_bad_optimizer_in_mstage_toml_is_a_config_error(cli, prepared):
     result = cli("train-retrieval", *FAST)
     assert result.exit_code == 2
     assert "expected retrieval.optimizer in adagrad, sgd, adam, found 'rmsprop'" in result.stderr
+
+
+# A learning rate this small leaves the towers at their random start: on the fixture data its
+# validation recall@20 (0.16) stays below popularity's (0.20).
+RANDOM = ["--epochs", "1", "--learning-rate", "1e-9", "--batch-size", "64"]
+GATE = re.compile(r"expected validation recall@20 above popularity's (\d\.\d{4}), "
+                  r"found (\d\.\d{4}); the previous retrieval artifact is kept; "
+                  r"check --learning-rate/--temperature, or publish anyway with --force")
+
+
+def _published(ws: Workspace):
+    directory = ws.path(Artifact.RETRIEVAL)
+    return ws.record(Artifact.RETRIEVAL), (directory / "params.json").read_bytes(), \
+        (directory / "item_embeddings.parquet").read_bytes()
+
+
+def test_model_below_popularity_on_validation_is_not_published(cli, prepared):
+    assert cli("train-retrieval", *FAST).exit_code == 0
+    ws = Workspace(prepared)
+    before = _published(ws)
+    result = cli("train-retrieval", *RANDOM)
+    assert result.exit_code == 1, result.stderr
+    found = GATE.search(result.stderr)
+    assert found, result.stderr
+    popularity, model = map(float, found.groups())
+    assert model < popularity
+    assert popularity == pytest.approx(
+        before[0]["metrics"]["validation_popularity_recall@20"], abs=1e-4)
+    assert _published(ws) == before  # the artifact and its manifest record, unchanged
+    assert not list((prepared / ".staging").iterdir())
+
+
+def test_force_publishes_a_model_below_popularity_with_a_warning(cli, prepared):
+    result = cli("train-retrieval", *RANDOM, "--force", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "published anyway (--force)" in result.stderr
+    assert json.loads(result.stdout)["quality_gate"] == "forced"
+    metrics = Workspace(prepared).record(Artifact.RETRIEVAL)["metrics"]
+    assert metrics["quality_gate"] == "forced"
+    assert metrics["validation_recall@20"] < metrics["validation_popularity_recall@20"]
+
+
+def test_too_few_validation_users_skip_the_gate_with_a_note(cli, isolated_workspace):
+    publish_prepared(isolated_workspace, n_users=20, n_items=25, per_user=5)
+    result = cli("train-retrieval", *RANDOM)
+    assert result.exit_code == 0, result.stderr
+    assert "quality gate skipped" in result.stderr
+    metrics = Workspace(isolated_workspace).record(Artifact.RETRIEVAL)["metrics"]
+    assert metrics["quality_gate"] == "skipped"
+
+
+EPOCH_LINE = re.compile(r"^train-retrieval: validation epoch \d+/3 loss \d+(\.\d+)? "
+                        r"val_recall@20 \d(\.\d+)?(: done)? \(\d+\.\d s\)$", re.MULTILINE)
+
+
+def test_progress_without_a_terminal_is_plain_lines_per_epoch(cli, prepared):
+    result = cli("train-retrieval", *FAST)  # the cli fixture's stderr is not a terminal
+    assert result.exit_code == 0, result.stderr
+    assert EPOCH_LINE.search(result.stderr), result.stderr
+    assert "train-retrieval: validation epoch 3/3 loss" in result.stderr
+    assert re.search(r"^train-retrieval: refit epoch \d+/\d+ loss \S+: done \(\d+\.\d s\)$",
+                     result.stderr, re.MULTILINE), result.stderr
+
+
+def test_quiet_prints_no_progress(cli, prepared):
+    result = cli("train-retrieval", *FAST, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "epoch" not in result.stderr

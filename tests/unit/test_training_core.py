@@ -3,9 +3,16 @@ scripted phases instead of models."""
 
 import pytest
 
-from mstage.errors import ConfigError, TrainingDiverged
+from mstage.errors import ConfigError, QualityGateFailed, TrainingDiverged
 from mstage.progress import SilentReporter
-from mstage.training.core import Phase, Schedule, make_optimizer, validate_then_refit
+from mstage.training.core import (
+    GateCheck,
+    Phase,
+    Schedule,
+    make_optimizer,
+    quality_gate,
+    validate_then_refit,
+)
 
 
 def _schedule(epochs=10, patience=2):
@@ -64,3 +71,38 @@ def test_unknown_optimizer_names_the_setting():
     with pytest.raises(ConfigError,
                        match="expected ranking.optimizer in adagrad, sgd, adam, found 'rmsprop'"):
         make_optimizer("rmsprop", 0.1, [], key="ranking.optimizer")
+
+
+# the quality gate ----------------------------------------------------------------------------
+def _gate(model, baseline, skipped=None, force=False):
+    return quality_gate(GateCheck("recall@20", model, baseline, "popularity", skipped),
+                        "the previous retrieval artifact is kept", "check --learning-rate",
+                        force)
+
+
+def test_gate_passes_a_model_above_the_baseline():
+    assert _gate(0.3, 0.2) == ("passed", None)
+
+
+@pytest.mark.parametrize("model", [0.1, 0.2])  # equal is not above
+def test_gate_refuses_a_model_not_above_the_baseline_naming_both_numbers(model):
+    with pytest.raises(QualityGateFailed) as caught:
+        _gate(model, 0.2)
+    assert str(caught.value) == (
+        f"expected validation recall@20 above popularity's 0.2000, found {model:.4f}; the "
+        "previous retrieval artifact is kept; check --learning-rate, or publish anyway with "
+        "--force")
+    assert caught.value.exit_code == 1
+
+
+def test_forced_gate_publishes_with_a_warning():
+    state, note = _gate(0.1, 0.2, force=True)
+    assert state == "forced"
+    assert note == ("expected validation recall@20 above popularity's 0.2000, found 0.1000; "
+                    "published anyway (--force)")
+
+
+def test_gate_without_enough_validation_is_skipped_with_a_note():
+    assert _gate(0.0, 0.5, skipped="3 validation users") == (
+        "skipped", "quality gate skipped: 3 validation users")
+    assert _gate(None, None)[0] == "skipped"

@@ -1,0 +1,50 @@
+"""Users' item histories as fixed-width matrices, the query tower's view of what a user did.
+
+Rows are one user's interactions in time order (the prepared interactions are sorted by
+user, then time). A history is the user's items before a point, most recent first, padded
+with 0 (the encoders' "unknown" index) to a fixed length L. Training uses `prior_items`:
+for each interaction, only what came before it, so no example sees its own target or the
+future. Queries use `latest_items`: everything the user did (in the data given), as the
+online store's `recent_items` holds it at serving time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _group_positions(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows grouped by user: each row's position in its group, and each group's start."""
+    users = np.asarray(users)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else \
+        np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.r_[starts, len(users)])
+    return np.arange(len(users)) - np.repeat(starts, sizes), starts
+
+
+def prior_items(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
+    """int32 [n, length]: for row j, the items of rows j-1, j-2, ... of the same user (the
+    interactions before it), most recent first, 0-padded. `users`/`items` [n], grouped by
+    user in time order; `items` are encoded indices (> 0)."""
+    items = np.asarray(items)
+    position, _ = _group_positions(users)
+    out = np.zeros((len(items), length), dtype=np.int32)
+    rows = np.arange(len(items))
+    for back in range(1, length + 1):
+        valid = position >= back
+        out[valid, back - 1] = items[rows[valid] - back]
+    return out
+
+
+def latest_items(users: np.ndarray, items: np.ndarray, length: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(user ids [u], int32 [u, length]): each user's last `length` items, most recent first,
+    0-padded. `users`/`items` [n], grouped by user in time order."""
+    users, items = np.asarray(users), np.asarray(items)
+    _, starts = _group_positions(users)
+    ends = np.r_[starts[1:], len(users)]
+    out = np.zeros((len(starts), length), dtype=np.int32)
+    for back in range(1, length + 1):
+        valid = ends - back >= starts
+        out[valid, back - 1] = items[ends[valid] - back]
+    return users[starts], out
