@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def serve(
             endpoints = server.start()
         record = ws.record(Artifact.ENSEMBLE)
         if record and Path(repository).resolve() == repository_path(ws).resolve():
-            endpoints.ensemble = record["fingerprint"]
+            endpoints = dataclasses.replace(endpoints, ensemble=record["fingerprint"])
         endpoints.save(ws.logs_dir / PID_FILE)
         result = {"http": endpoints.http_url, "grpc": endpoints.grpc_url, "pid": endpoints.pid,
                   "repository": endpoints.repository, "log": endpoints.log, "detached": detach}
