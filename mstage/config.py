@@ -69,7 +69,8 @@ class RetrievalConfig:
     """Two-tower training (docs/train-retrieval.md). Adagrad by default: its cost stays flat
     as id tables grow, unlike Adam's. `epochs` is the most the validation phase runs; early
     stopping on validation recall@20 (after `patience` epochs without gain) picks the count
-    used to refit on all of train."""
+    used to refit on all of train. `history` is how many of the user's latest items the query
+    tower reads (0: none; at most the feature store's `recent_items` are known online)."""
 
     epochs: int = 40
     batch_size: int = 256
@@ -82,8 +83,11 @@ class RetrievalConfig:
     split: str = "user-temporal"
     feature_dim: int = 16
     hidden_units: list[int] = field(default_factory=list)
+    history: int = 50
 
     def __post_init__(self) -> None:
+        if not 0 <= self.history <= 1000:
+            raise ConfigError(f"expected retrieval.history in 0..1000, found {self.history}")
         _positive("retrieval", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
                   temperature=self.temperature, patience=self.patience,

@@ -153,8 +153,31 @@ def _rows_with_duplicates(ids: np.ndarray) -> int:
     return int(repeated.any(axis=1).sum())
 
 
-def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table) -> Callable:
-    """Exact two-tower scores: user ids [b] -> inner products float32 [b, n_catalog].
+def train_histories(data, split: str, length: int) -> Callable[[np.ndarray], np.ndarray]:
+    """user ids [b] -> their latest `length` train item ids [b, length] (most recent first,
+    -1 padded; train = every fold but TEST of `split`): what the query tower reads offline
+    in place of the feature store's recent items, which also hold the test interactions."""
+    from mstage.data.lookup import IdLookup
+    from mstage.data.schema import TEST, fold_column
+    from mstage.models.history import latest_items
+
+    positives = data.positives()
+    train = positives[positives[fold_column(split)].to_numpy() != TEST]
+    users, latest = latest_items(train["user_id"].to_numpy(np.int64),
+                                 train["item_id"].to_numpy(np.int64), max(length, 1), pad=PAD)
+    lookup = IdLookup(users)
+
+    def of(user_ids: np.ndarray) -> np.ndarray:
+        rows, known = lookup.find(np.asarray(user_ids, dtype=np.int64))
+        return np.where(known[:, None], latest[rows], PAD)
+
+    return of
+
+
+def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table,
+                     history_of: Callable[[np.ndarray], np.ndarray]) -> Callable:
+    """Exact two-tower scores: user ids [b] -> inner products float32 [b, n_catalog], the
+    query tower reading each user's train history (`history_of`).
 
     Catalog items without an exported embedding score -inf (never recommended)."""
     from mstage.data.lookup import IdLookup
@@ -171,16 +194,18 @@ def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table) -> Callable:
 
     def score(batch_users: np.ndarray) -> np.ndarray:
         at, _ = users.find(batch_users)
-        scores = tower({c: v[at] for c, v in columns.items()}) @ catalog_emb.T
+        query = tower({c: v[at] for c, v in columns.items()}, history_of(batch_users))
+        scores = query @ catalog_emb.T
         scores[:, ~known] = -np.inf
         return scores
 
     return score
 
 
-def pipeline_recommend(ws: Workspace, config, top_k: int,
+def pipeline_recommend(ws: Workspace, config, top_k: int, history_of: Callable,
                        notes: list[str] | None = None) -> RecommendFn:
-    """`Recommender.recommend` over the workspace's artifacts, seen items passed per user.
+    """`Recommender.recommend` over the workspace's artifacts, each user's train items passed
+    as seen and their train history as the query tower's history (`history_of`).
 
     The pipeline retrieves at least `top_k` candidates (serving.candidates otherwise), so
     recall@k for the largest k is not capped by the candidate count."""
@@ -192,7 +217,7 @@ def pipeline_recommend(ws: Workspace, config, top_k: int,
         notes.extend(getattr(recommender, "warnings", []))
 
     def recommend(user_ids: np.ndarray, k: int, seen: list[np.ndarray]):
-        return recommender.recommend(user_ids, k, seen=seen)
+        return recommender.recommend(user_ids, k, seen=seen, history=history_of(user_ids))
 
     return recommend
 
@@ -245,10 +270,14 @@ def evaluate_workspace(ws: Workspace, config, *, ks: Sequence[int] = DEFAULT_KS,
     if eval_set.n_catalog <= MAX_ITEMKNN_ITEMS:
         score, report.ease = tuned_ease(data, split, users, seed, reporter)
         measure("ease", score(eval_set))
-    measure("retrieval", retrieval_scores(ws, eval_set, data.users), batch_size=512)
+    from mstage.models.retrieval_artifact import read_params
+
+    history_of = train_histories(data, split, int(read_params(ws.path(Artifact.RETRIEVAL))
+                                                  .get("history", 0)))
+    measure("retrieval", retrieval_scores(ws, eval_set, data.users, history_of), batch_size=512)
 
     started = time.perf_counter()
-    recommend = recommend or pipeline_recommend(ws, config, ks[-1], report.notes)
+    recommend = recommend or pipeline_recommend(ws, config, ks[-1], history_of, report.notes)
     per_user["pipeline"] = {}
     report.rows["pipeline"], report.pipeline = evaluate_recommendations(
         eval_set, recommend, ks, reporter=reporter, per_user=per_user["pipeline"])

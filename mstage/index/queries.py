@@ -31,15 +31,28 @@ class TuningQueries:
 
 
 def _user_embeddings(ws: Workspace, size: int, seed: int) -> np.ndarray:
-    """Query-tower embeddings [min(size, n_users), d] of a random sample of prepared users."""
+    """Query-tower embeddings [min(size, n_users), d] of a random sample of prepared users,
+    each with their latest items as history (what the online store would hold)."""
+    from mstage.columns import PAD
+    from mstage.data.lookup import IdLookup
     from mstage.data.schema import PreparedData
+    from mstage.models.history import latest_items
     from mstage.models.two_tower import load_query_tower
 
     tower = load_query_tower(ws.require(Artifact.RETRIEVAL))
-    users = PreparedData(ws.require(Artifact.DATA)).users
+    data = PreparedData(ws.require(Artifact.DATA))
+    users = data.users
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(users), size=min(size, len(users)), replace=False))
-    return tower({column: users[column].to_numpy()[rows] for column in users.columns})
+    history = None
+    if tower.history > 0:
+        positives = data.positives()
+        ids, latest = latest_items(positives["user_id"].to_numpy(np.int64),
+                                   positives["item_id"].to_numpy(np.int64), tower.history,
+                                   pad=PAD)
+        at, known = IdLookup(ids).find(users["user_id"].to_numpy(np.int64)[rows])
+        history = np.where(known[:, None], latest[at], PAD)
+    return tower({column: users[column].to_numpy()[rows] for column in users.columns}, history)
 
 
 def tuning_queries(ws: Workspace, choice: str, size: int, seed: int,

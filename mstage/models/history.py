@@ -36,14 +36,15 @@ def prior_items(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray
     return out
 
 
-def latest_items(users: np.ndarray, items: np.ndarray, length: int
+def latest_items(users: np.ndarray, items: np.ndarray, length: int, pad: int = 0
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(user ids [u], int32 [u, length]): each user's last `length` items, most recent first,
-    0-padded. `users`/`items` [n], grouped by user in time order."""
+    """(user ids [u], [u, length]): each user's last `length` items, most recent first,
+    padded with `pad` (0 for encoded indices, -1 for item ids). `users`/`items` [n], grouped
+    by user in time order."""
     users, items = np.asarray(users), np.asarray(items)
     _, starts = _group_positions(users)
     ends = np.r_[starts[1:], len(users)]
-    out = np.zeros((len(starts), length), dtype=np.int32)
+    out = np.full((len(starts), length), pad, dtype=items.dtype if pad else np.int32)
     for back in range(1, length + 1):
         valid = ends - back >= starts
         out[valid, back - 1] = items[ends[valid] - back]

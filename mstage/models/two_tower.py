@@ -1,8 +1,11 @@
 """Two-tower retrieval model: towers, in-batch softmax with logQ correction, training, export.
 
 Both towers map encoded features (see `mstage.models.encoders`) to L2-normalised embeddings
-of size d, so retrieval is a maximum inner product search. TensorFlow is imported inside
-functions: importing this module is cheap.
+of size d, so retrieval is a maximum inner product search. With `history` > 0 the query
+tower also reads the user's last `history` items (`HISTORY`: encoded item indices, most
+recent first, 0-padded), embedded with the item tower's own item-id table and pooled by
+learned attention over position-aware embeddings: what the user just did moves the query.
+TensorFlow is imported inside functions: importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -36,22 +39,32 @@ class TowerParams:
     feature_dim: int = 16
     hidden_units: tuple[int, ...] = ()
     temperature: float = 0.05
+    history: int = 0
+
+
+HISTORY = "history"
 
 
 def _tf():
     return import_tensorflow()
 
 
-def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str):
+def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str, history_table=None):
     """A Keras model: dict of encoded inputs ([b] or [b, L]) -> [b, embedding_dim], unit norm.
 
     Ids and categoricals are embedded, multi-valued features are mean-pooled over non-zero
-    indices, numerics enter as they are; the concatenation goes through the MLP and a final
-    linear projection to `embedding_dim`.
+    indices, numerics enter as they are; with `history_table` (an item-id Embedding) the
+    `history` input [b, params.history] is embedded with it and attention-pooled. The
+    concatenation goes through the MLP and a final linear projection to `embedding_dim`.
     """
     keras = import_keras()
 
     inputs, parts = {}, []
+    if history_table is not None:
+        inputs[HISTORY] = keras.Input(shape=(params.history,), dtype="int64", name=HISTORY)
+        parts.append(HistoryAttention(params.history, params.embedding_dim,
+                                      name=f"{name}_history")(
+            [history_table(inputs[HISTORY]), inputs[HISTORY]]))
     for s in specs:
         inputs[s.name] = keras.Input(shape=s.shape, dtype=s.dtype, name=s.name)
         if s.kind == "numeric":
@@ -92,7 +105,26 @@ def _layers():
         def call(self, x):
             return keras.ops.normalize(x, axis=-1, order=2)
 
-    return _MaskedMean, _L2Normalize
+    class _HistoryAttention(keras.layers.Layer):
+        """[b, L, d] item embeddings + [b, L] indices (0 = padding) -> [b, d]: the embeddings
+        plus a learned embedding of their position (0 = most recent), weighted by a softmax
+        over positions of a learned score; an empty history pools to zeros."""
+
+        def __init__(self, length: int, dim: int, **kw):
+            super().__init__(**kw)
+            self.position = keras.layers.Embedding(length, dim)
+            self.score = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            embedded, indices = inputs
+            ops = keras.ops
+            x = embedded + self.position(ops.arange(ops.shape(indices)[1]))[None]
+            present = ops.cast(ops.greater(indices, 0), x.dtype)
+            logits = ops.squeeze(self.score(x), -1) + (present - 1.0) * 1e9
+            weights = ops.softmax(logits, axis=-1) * ops.max(present, axis=-1, keepdims=True)
+            return ops.sum(weights[..., None] * x, axis=1)
+
+    return _MaskedMean, _L2Normalize, _HistoryAttention
 
 
 def MaskedMean(**kw):  # noqa: N802 - behaves like a layer class
@@ -101,6 +133,10 @@ def MaskedMean(**kw):  # noqa: N802 - behaves like a layer class
 
 def L2Normalize(**kw):  # noqa: N802
     return _layers()[1](**kw)
+
+
+def HistoryAttention(length: int, dim: int, **kw):  # noqa: N802
+    return _layers()[2](length, dim, **kw)
 
 
 def in_batch_softmax_loss(query, candidates, item_ids, log_q, temperature: float):
@@ -132,28 +168,39 @@ class TwoTower:
                  users: dict[str, np.ndarray], items: dict[str, np.ndarray]):
         self.encoders, self.params = encoders, params
         self.users, self.items = users, items
-        self.query_tower = build_tower(encoders.specs("user"), params, QUERY_TOWER)
         self.item_tower = build_tower(encoders.specs("item"), params, ITEM_TOWER)
+        shared = (self.item_tower.get_layer(f"{ITEM_TOWER}_item_id_embedding")
+                  if params.history > 0 else None)
+        self.query_tower = build_tower(encoders.specs("user"), params, QUERY_TOWER, shared)
 
     @property
     def trainable_variables(self) -> list:
-        """Both towers' variables: what an optimizer of this model updates."""
-        return self.query_tower.trainable_variables + self.item_tower.trainable_variables
+        """Both towers' variables (a shared item-id table once): what an optimizer updates."""
+        seen, out = set(), []
+        for v in self.query_tower.trainable_variables + self.item_tower.trainable_variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
 
     # inference ---------------------------------------------------------------------------
-    def user_embeddings(self, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
-        """[n] user rows -> [n, d] float32 unit vectors."""
-        return self._embed(self.query_tower, self.users, rows, batch)
+    def user_embeddings(self, rows: np.ndarray, histories: np.ndarray | None = None,
+                        batch: int = 4096) -> np.ndarray:
+        """[n] user rows (+ their histories [n, history] with a history) -> [n, d] float32."""
+        return self._embed(self.query_tower, self.users, rows, batch, histories)
 
     def item_embeddings(self, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
         """[n] item rows -> [n, d] float32 unit vectors."""
         return self._embed(self.item_tower, self.items, rows, batch)
 
-    def _embed(self, tower, table, rows, batch) -> np.ndarray:
+    def _embed(self, tower, table, rows, batch, histories=None) -> np.ndarray:
         out = [np.zeros((0, self.params.embedding_dim), np.float32)]
         for start in range(0, len(rows), batch):
             part = rows[start:start + batch]
-            out.append(np.asarray(tower({k: v[part] for k, v in table.items()}, training=False)))
+            inputs = {k: v[part] for k, v in table.items()}
+            if tower is self.query_tower and self.params.history > 0:
+                inputs[HISTORY] = np.asarray(histories[start:start + batch], dtype=np.int64)
+            out.append(np.asarray(tower(inputs, training=False)))
         emb = np.concatenate(out).astype(np.float32)
         if not np.isfinite(emb).all():
             raise TrainingDiverged(
@@ -170,7 +217,10 @@ class TwoTower:
         directory = Path(directory)
         for tower, side, sub in ((self.query_tower, "user", QUERY_TOWER),
                                  (self.item_tower, "item", ITEM_TOWER)):
-            module = _serving_module(tower, self.encoders.tensor_specs(side))
+            specs = self.encoders.tensor_specs(side)
+            if side == "user" and self.params.history > 0:
+                specs[HISTORY] = tf.TensorSpec((None, self.params.history), tf.int64, HISTORY)
+            module = _serving_module(tower, specs)
             tf.saved_model.save(module, str(directory / sub),
                                 signatures={"serving_default": module.serving_default})
         self.encoders.save(directory / ENCODERS_DIR)
@@ -192,14 +242,16 @@ class TowerTrainer:
     """Epochs of in-batch softmax training of a TwoTower on positive pairs.
 
     user_rows, item_rows: [N] int64 rows into the model's `users` / `items` tables (row i of
-    both is one positive pair). Each epoch shuffles the pairs with a generator seeded by
-    `seed` and steps through full batches of `batch_size` (the ragged tail is dropped:
+    both is one positive pair); histories [N, history]: the user's items before pair i
+    (`mstage.models.history.prior_items`), for a history-aware model. Each epoch shuffles
+    the pairs with a generator seeded by `seed` and steps through full batches of
+    `batch_size` (the ragged tail is dropped:
     in-batch negatives need full batches); `optimizer.apply(grads)` updates
     `model.trainable_variables`. The epoch loop itself is the training layer's.
     """
 
     def __init__(self, model: TwoTower, user_rows: np.ndarray, item_rows: np.ndarray,
-                 optimizer, batch_size: int, seed: int):
+                 optimizer, batch_size: int, seed: int, histories: np.ndarray | None = None):
         tf = _tf()
         n = len(user_rows)
         counts = np.bincount(item_rows, minlength=len(next(iter(model.items.values()))))
@@ -211,8 +263,10 @@ class TowerTrainer:
         item_key = "item_id"
 
         @tf.function(reduce_retracing=True)
-        def step(u_rows, i_rows):
+        def step(u_rows, i_rows, history):
             u_in = {k: tf.gather(v, u_rows) for k, v in user_table.items()}
+            if model.params.history > 0:
+                u_in[HISTORY] = history
             i_in = {k: tf.gather(v, i_rows) for k, v in item_table.items()}
             with tf.GradientTape() as tape:
                 q = model.query_tower(u_in, training=True)
@@ -224,6 +278,8 @@ class TowerTrainer:
 
         self._step, self._rng = step, np.random.default_rng(seed)
         self.user_rows, self.item_rows = user_rows, item_rows
+        self.histories = (np.asarray(histories, dtype=np.int64) if histories is not None
+                          else np.zeros((len(user_rows), 0), dtype=np.int64))
         self.batch_size = batch_size
         self.n_batches = max(1, n // batch_size)
         self.examples_per_epoch = min(n, self.n_batches * batch_size)
@@ -237,7 +293,8 @@ class TowerTrainer:
         for b in range(self.n_batches):
             idx = order[b * batch:(b + 1) * batch]
             total += float(self._step(tf.constant(self.user_rows[idx]),
-                                      tf.constant(self.item_rows[idx])))
+                                      tf.constant(self.item_rows[idx]),
+                                      tf.constant(self.histories[idx])))
         return total / self.n_batches
 
 
@@ -266,8 +323,10 @@ class QueryTower:
 
     Loads `encoders/` and the `query_tower/` SavedModel of a retrieval artifact; call it with
     a dict of numpy arrays (`user_id` int64 [b] plus each user feature as stored in
-    users.parquet: strings for categoricals, floats for numerics, lists for multi-valued).
-    Unknown ids and values map to index 0, so a cold user still gets an embedding.
+    users.parquet: strings for categoricals, floats for numerics, lists for multi-valued)
+    and, for a history-aware tower, `history`: the user's recent item ids [b, R], most recent
+    first, padded with -1 (the online store's `recent_items`). Unknown ids and values map to
+    index 0, so a cold user still gets an embedding.
     """
 
     def __init__(self, directory: Path):
@@ -282,9 +341,20 @@ class QueryTower:
         self._model = _tf().saved_model.load(str(directory / QUERY_TOWER))
         self.input_names = [s.name for s in self.encoders.specs("user")]
         self.embedding_dim = int(self.params["embedding_dim"])
+        self.history = int(self.params.get("history", 0))
 
-    def encode(self, features: dict[str, Any]) -> dict[str, np.ndarray]:
-        return self.encoders.encode_users(features)
+    def encode(self, features: dict[str, Any], history: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+        """Encoded inputs; `history` raw item ids [b, R] (None: no history known)."""
+        encoded = self.encoders.encode_users(features)
+        if self.history > 0:
+            n = len(encoded["user_id"])
+            raw = np.full((n, self.history), -1, dtype=np.int64)
+            if history is not None:
+                width = min(self.history, history.shape[1])
+                raw[:, :width] = history[:, :width]
+            encoded[HISTORY] = self.encoders.item_ids.lookup(raw.reshape(-1)).reshape(raw.shape)
+        return encoded
 
     def embed_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
         tf = _tf()
@@ -293,8 +363,9 @@ class QueryTower:
             **{k: tf.constant(v) for k, v in encoded.items()})
         return out["embedding"].numpy()
 
-    def __call__(self, features: dict[str, Any]) -> np.ndarray:
-        return self.embed_encoded(self.encode(features))
+    def __call__(self, features: dict[str, Any], history: np.ndarray | None = None
+                 ) -> np.ndarray:
+        return self.embed_encoded(self.encode(features, history))
 
 
 def load_query_tower(directory: Path) -> QueryTower:

@@ -18,6 +18,7 @@ from mstage.columns import (
     FALLBACK,
     FILTERED_IDS,
     FILTERED_SCORES,
+    HISTORY,
     ITEM_IDS,
     PAD,
     RANKING_SCORES,
@@ -158,12 +159,19 @@ class Recommender:
         return self._items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
 
     def recommend(self, user_ids: np.ndarray, top_k: int, *,
-                  seen: list[np.ndarray] | None = None, explain: bool = False) -> Recommendations:
-        """Top-k for each user id (int64 [b]). `seen` replaces the feature store's recent
-        items as the items to exclude (offline evaluation passes each user's train items)."""
+                  seen: list[np.ndarray] | None = None, history: np.ndarray | None = None,
+                  explain: bool = False) -> Recommendations:
+        """Top-k for each user id (int64 [b]). Offline evaluation replaces what the feature
+        store knows (it holds test items too): `seen`, the items to exclude (each user's
+        train items), and `history` [b, L], the item ids the query tower reads (each user's
+        latest train items, most recent first, -1 padded)."""
         user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
         batch = {USER_ID: user_ids, TOP_K: np.full(len(user_ids), top_k, dtype=np.int64)}
-        pinned = {RECENT_ITEMS: pad_rows(seen)} if seen is not None else None
+        pinned = {}
+        if seen is not None:
+            pinned[RECENT_ITEMS] = pad_rows(seen)
+        if history is not None:
+            pinned[HISTORY] = np.asarray(history, dtype=np.int64)
         columns, timings = self.pipeline.run(batch, pinned=pinned)
         return Recommendations(columns[ITEM_IDS], columns[SCORES],
                                columns[FALLBACK].astype(bool), timings,

@@ -1,9 +1,11 @@
-"""Stage 1, retrieval: user id -> user features (Feast) -> query tower -> Faiss top-N.
+"""Stage 1, retrieval: user id -> user features and recent items (Feast) -> query tower ->
+Faiss top-N.
 
-The one online-store read per request happens here; the user's features travel on to
+The one online-store read per request happens here; the query tower reads the user's
+features and recent items (what they just did moves the query); the features travel on to
 scoring as tensors encoded with the ranker's encoders (`user__<feature>` columns), and the
-user's recent items travel on to filtering. Users unknown to the feature store or to the
-model get the most popular items instead, flagged in `cold_start`.
+recent items travel on to filtering. Users unknown to the feature store or to the model get
+the most popular items instead, flagged in `cold_start`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from mstage.columns import (
     CANDIDATE_IDS,
     COLD_START,
+    HISTORY,
     PAD,
     RECENT_ITEMS,
     RETRIEVAL_SCORES,
@@ -61,7 +64,8 @@ class RetrieveCandidates(Stage):
 
     @property
     def inputs(self):
-        return [ColumnSpec(USER_ID, "int64")]
+        return [ColumnSpec(USER_ID, "int64"), ColumnSpec(HISTORY, "int64", (-1, -1),
+                                                         optional=True)]
 
     @property
     def outputs(self):
@@ -95,7 +99,8 @@ class RetrieveCandidates(Stage):
         scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
         rows = np.flatnonzero(known)
         if rows.size:
-            embeddings = self.query_tower({k: v[rows] for k, v in features.items()})
+            history = batch.get(HISTORY, recent)[rows]
+            embeddings = self.query_tower({k: v[rows] for k, v in features.items()}, history)
             with _faiss_threads(1 if rows.size < THREADED_BATCH else None):
                 ids[rows], scores[rows] = self.index.search(embeddings, n)
         cold = np.flatnonzero(~known)

@@ -3,6 +3,8 @@
 Validation phase (train on FIT, score VALID) picks the epoch count by early stopping on
 recall@20; the model is then refit on all of train (FIT + VALID) for that many epochs and
 measured on TEST beside popularity. The refit model is what gets exported and published.
+With a history, each training pair sees only the user's items before it, and each evaluated
+user is queried with their last items of the phase's train rows: nothing from the future.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.encoders import FeatureEncoders
+from mstage.models.history import latest_items, prior_items
 from mstage.models.tensorflow_runtime import import_keras
 from mstage.models.two_tower import TowerParams, TowerTrainer, TwoTower
 from mstage.progress import SILENT, Reporter
@@ -89,10 +92,11 @@ class RetrievalRun:
 
 
 class _Phase:
-    """Encoders, encoded tables and training pairs for one phase's train rows."""
+    """Encoders, encoded tables and training pairs (with each pair's prior history) for one
+    phase's train rows, and each user's latest history to query with."""
 
-    def __init__(self, data: PreparedData, train_rows: np.ndarray):
-        positives = data.positives().iloc[train_rows]
+    def __init__(self, data: PreparedData, train_rows: np.ndarray, history: int):
+        positives = data.positives().iloc[train_rows]  # by user, then time
         self.encoders = FeatureEncoders.fit(data.users, data.items, data.schema,
                                             interactions=positives)
         self.user_ids = data.users["user_id"].to_numpy(np.int64)
@@ -102,6 +106,13 @@ class _Phase:
         self.user_lookup, self.item_lookup = IdLookup(self.user_ids), IdLookup(self.item_ids)
         self.user_rows = _rows(self.user_lookup, positives["user_id"].to_numpy(np.int64), "user")
         self.item_rows = _rows(self.item_lookup, positives["item_id"].to_numpy(np.int64), "item")
+        self.histories, self.latest = None, None
+        if history > 0:
+            codes = self.items["item_id"][self.item_rows]
+            self.histories = prior_items(self.user_rows, codes, history)
+            users, latest = latest_items(self.user_rows, codes, history)
+            self.latest = np.zeros((len(self.user_ids), history), dtype=np.int32)
+            self.latest[users] = latest
 
     def model(self, params: TowerParams, seed: int) -> TwoTower:
         keras = import_keras()
@@ -113,14 +124,16 @@ class _Phase:
         optimizer = make_optimizer(config.optimizer, config.learning_rate,
                                    model.trainable_variables, key="retrieval.optimizer")
         return TowerTrainer(model, self.user_rows, self.item_rows, optimizer, batch_size,
-                            config.seed)
+                            config.seed, self.histories)
 
     def score_fn(self, model: TwoTower, catalog: np.ndarray):
         """user ids [b] -> inner products [b, n_catalog] with the catalog's item embeddings."""
         catalog_emb = model.item_embeddings(_rows(self.item_lookup, catalog, "item"))
 
         def score(user_ids: np.ndarray) -> np.ndarray:
-            return model.user_embeddings(_rows(self.user_lookup, user_ids, "user")) @ catalog_emb.T
+            rows = _rows(self.user_lookup, user_ids, "user")
+            latest = None if self.latest is None else self.latest[rows]
+            return model.user_embeddings(rows, latest) @ catalog_emb.T
 
         return score
 
@@ -158,7 +171,8 @@ def _batch_size(requested: int, n_positives: int, notes: list[str],
 
 def tower_params(config: RetrievalConfig) -> TowerParams:
     return TowerParams(embedding_dim=config.embedding_dim, feature_dim=config.feature_dim,
-                       hidden_units=tuple(config.hidden_units), temperature=config.temperature)
+                       hidden_units=tuple(config.hidden_units), temperature=config.temperature,
+                       history=config.history)
 
 
 def schedule(config: RetrievalConfig) -> Schedule:
@@ -194,7 +208,7 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
             notes.append(note)
             reporter.log(f"warning: {note}")
             return None
-        phase = _Phase(data, fit_rows)
+        phase = _Phase(data, fit_rows, config.history)
         model = phase.model(params, config.seed)
         trainer = phase.trainer(model, min(batch, len(fit_rows)), config)
 
@@ -205,7 +219,7 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
         return Phase(trainer.epoch, validate)
 
     def refit() -> Phase:
-        phase = _Phase(data, np.flatnonzero(folds != TEST))
+        phase = _Phase(data, np.flatnonzero(folds != TEST), config.history)
         model = phase.model(params, config.seed)
         trainer = phase.trainer(model, batch, config)
         return Phase(trainer.epoch, model=(phase, model, trainer))

@@ -44,10 +44,10 @@ def test_retrieval_is_exact_inner_product_top_n(recommender, users, pipeline_wor
     features = OnlineFeatures.open(pipeline_workspace / "features").users(users)
     # users without a trained id (no train clicks) and users the store lacks are cold
     cold = ~(features.pop("found") & (tower.encoders.user_ids.lookup(users) > 0))
-    features.pop("recent_items")
+    recent = features.pop("recent_items")  # the query tower reads the user's recent items
     assert out["cold_start"].tolist() == cold.astype(int).tolist()
     assert cold[-1] and (~cold).sum() >= 10
-    scores = tower(features) @ table.T
+    scores = tower(features, recent) @ table.T
     for row in np.flatnonzero(~cold):
         best = np.argsort(-scores[row], kind="stable")[:60]
         np.testing.assert_allclose(out["retrieval_scores"][row], scores[row][best], atol=1e-4)

@@ -126,6 +126,21 @@ def test_item_tower_export_matches_item_embeddings(trained, data):
     np.testing.assert_allclose(got["embedding"].numpy(), want, atol=1e-6)
 
 
+def test_history_moves_the_query_and_unknown_items_are_ignored(trained, data):
+    _, out = trained
+    tower = load_query_tower(out)
+    assert tower.history == SMALL.history > 0
+    user = data.users.head(1)
+    features = {c: user[c].to_numpy() for c in user.columns}
+    items = data.items["item_id"].to_numpy()
+    none = tower(features, np.full((1, 3), -1))
+    some = tower(features, items[None, :3])
+    assert not np.allclose(none, some)
+    # ids the model never saw (and -1 padding) encode to 0: the same as no history at all
+    np.testing.assert_allclose(tower(features, np.array([[10**12, -1, -1]])), none, atol=1e-6)
+    np.testing.assert_allclose(tower(features), none, atol=1e-6)
+
+
 def test_cold_user_gets_an_embedding(trained):
     _, out = trained
     tower = load_query_tower(out)
@@ -139,13 +154,13 @@ def test_same_seed_same_embeddings(data):
 
     from mstage.training.retrieval import _Phase, tower_params
 
-    phase = _Phase(data, np.arange(len(data.positives())))
+    phase = _Phase(data, np.arange(len(data.positives())), SMALL.history)
     config = replace(SMALL, learning_rate=0.1, seed=3)
     results = []
     for _ in range(2):
         model = phase.model(tower_params(SMALL), seed=3)
         phase.trainer(model, 64, config).epoch()
-        results.append(model.user_embeddings(np.arange(10)))
+        results.append(model.user_embeddings(np.arange(10), phase.latest[:10]))
     np.testing.assert_array_equal(results[0], results[1])
 
 

@@ -1,0 +1,22 @@
+"""Histories: what the query tower reads, built without ever looking at the future."""
+
+import numpy as np
+
+from mstage.models.history import latest_items, prior_items
+
+
+def test_prior_items_see_only_earlier_rows_of_the_same_user():
+    users = np.array([1, 1, 1, 2, 2])
+    items = np.array([10, 11, 12, 20, 21])  # in time order within each user
+    # row 2 (user 1's third item) sees 11 then 10; user 2's first row sees nothing of user 1
+    assert prior_items(users, items, 2).tolist() == [[0, 0], [10, 0], [11, 10], [0, 0],
+                                                     [20, 0]]
+
+
+def test_latest_items_are_each_users_last_most_recent_first():
+    users = np.array([1, 1, 1, 2])
+    items = np.array([10, 11, 12, 20])
+    ids, latest = latest_items(users, items, 2)
+    assert ids.tolist() == [1, 2] and latest.tolist() == [[12, 11], [20, 0]]
+    _, raw = latest_items(users, items, 3, pad=-1)
+    assert raw.tolist() == [[12, 11, 10], [20, -1, -1]] and raw.dtype == np.int64
