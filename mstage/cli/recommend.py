@@ -134,6 +134,35 @@ def open_answerer(s, serving, server: str | None, protocol: str):
     return client, shown
 
 
+def current_server(s) -> str | None:
+    """The gRPC address of the server `mstage serve --detach` runs for this workspace, when
+    it serves the current ensemble and that ensemble is up to date; else None."""
+    from mstage.serving.server import running_server
+    from mstage.workspace import Artifact
+
+    ws = s.workspace
+    endpoints = running_server(ws.logs_dir)
+    record = ws.record(Artifact.ENSEMBLE) if endpoints is not None else None
+    if not record or endpoints.ensemble != record["fingerprint"] or \
+            ws.state(Artifact.ENSEMBLE)[0] != "ready":
+        return None
+    s.log(f"answering from the server running for this workspace (grpc://"
+          f"{endpoints.grpc_url}); --in-process runs the pipeline here")
+    return endpoints.grpc_url
+
+
+def check_served_top_k(ws, top_k: int) -> None:
+    """A served ensemble answers at most the candidates it was built to retrieve."""
+    from mstage.workspace import Artifact
+
+    record = ws.record(Artifact.ENSEMBLE) if ws.exists(Artifact.ENSEMBLE) else None
+    built = (record or {}).get("config", {}).get("serving", {}).get("candidates")
+    if built is not None and top_k > built:
+        raise UsageError(f"expected --top-k <= the {built} candidates the served ensemble "
+                         f"retrieves, found {top_k}; rebuild it with `mstage build-ensemble "
+                         f"--candidates {top_k}` and restart the server")
+
+
 def answer(recommender, users: list, ids, top_k: int, explain: bool):
     """JSON-ready answers for `users` (the user's ids; `ids`: their users' and items'
     IdMaps) and, in-process, each stage's timing."""
@@ -189,13 +218,22 @@ def recommend(
     server: str = typer.Option(None, "--server", metavar="HOST:PORT",
                                help="Ask this Triton server instead of running in-process."),
     protocol: str = typer.Option("grpc", "--protocol", help="grpc or http (with --server)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run the pipeline here even "
+                                    "when a server serves this workspace's ensemble."),
 ) -> None:
-    """Recommend items for users: a table per user, or one JSON line per user with --json."""
+    """Recommend items for users: a table per user, or one JSON line per user with --json.
+
+    Without --server, a server that `mstage serve --detach` runs for this workspace answers
+    when it serves the current ensemble (fast: no model loads here); else in-process."""
     from mstage.config import override
 
     _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol)
     server = server_address(server)
     s = session()
+    if server is None and not (in_process or explain or candidates or seed is not None):
+        server = current_server(s)
+    if server is not None:
+        check_served_top_k(s.workspace, top_k or s.config.serving.top_k)
     if server is None:  # before the config's candidates >= top_k, which would advise raising
         top_k_key = "--top-k" if top_k is not None else "serving.top_k"
         check_catalog(s.workspace, {top_k_key: s.config.serving.top_k if top_k is None else top_k,

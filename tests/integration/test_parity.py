@@ -150,6 +150,24 @@ def test_recommend_server_human_output(cli, served, users):
     assert "category" in result.stdout  # attributes from the workspace's feature store
 
 
+def test_plain_recommend_answers_from_the_current_server_and_in_process_on_request(
+        cli, served, users, in_process):
+    user = users[0]
+    auto = cli("-w", served.ws, "recommend", "--user-id", user, "--json")
+    assert auto.exit_code == 0, auto.stderr
+    assert f"answering from the server running for this workspace (grpc://{served.grpc})" in \
+        " ".join(auto.stderr.split())
+    assert json.loads(auto.stdout)["item_ids"] == in_process[user]["item_ids"]
+    local = cli("-w", served.ws, "recommend", "--user-id", user, "--json", "--in-process")
+    assert local.exit_code == 0 and "answering from the server" not in local.stderr
+    too_many = cli("-w", served.ws, "recommend", "--user-id", user, "--top-k", "500",
+                   "--server", served.grpc)
+    assert too_many.exit_code == 2
+    assert "expected --top-k <= the 200 candidates the served ensemble retrieves, found 500; " \
+           "rebuild it with `mstage build-ensemble --candidates 500`" in \
+        " ".join(too_many.stderr.split())
+
+
 def test_status_shows_the_server_and_whether_it_serves_the_current_ensemble(cli, served):
     status = json.loads(cli("-w", served.ws, "status", "--json").stdout)
     assert status["server"] == {"pid": served.pid, "grpc": served.grpc, "http": served.http,
@@ -159,6 +177,9 @@ def test_status_shows_the_server_and_whether_it_serves_the_current_ensemble(cli,
     rebuilt = cli("-w", served.ws, "status")
     assert "serving an older or another repository; `mstage stop` then `mstage serve`" in \
         " ".join(rebuilt.stdout.split())
+    # the server no longer serves the current ensemble: plain recommend runs in-process
+    local = cli("-w", served.ws, "recommend", "--user-id", "1", "--json")
+    assert local.exit_code == 0 and "answering from the server" not in local.stderr
 
 
 def test_server_stopped_mid_batch_keeps_the_answers_and_lists_the_rest(cli, served, monkeypatch,
