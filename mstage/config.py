@@ -29,6 +29,12 @@ def _positive(section: str, **values: float) -> None:
             raise ConfigError(f"expected {section}.{name} > 0, found {value!r}")
 
 
+def check_seed(option: str, seed: int) -> None:
+    """A seed numpy and TensorFlow take: 0..2**32-1 (one line naming `option` otherwise)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"expected {option} in 0..{MAX_SEED}, found {seed!r}")
+
+
 def _seed(section: str, seed: int) -> None:
     """TensorFlow and numpy take seeds in 0..2**32-1."""
     if not 0 <= seed <= MAX_SEED:
@@ -217,7 +223,7 @@ class OrderingConfig:
         _positive("ordering", temperature=self.temperature)
         if self.category_cap < 0:
             raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
-        if self.retrieval_weight < 0:
+        if not 0 <= self.retrieval_weight < math.inf:
             raise ConfigError(
                 f"expected ordering.retrieval_weight >= 0, found {self.retrieval_weight}")
 

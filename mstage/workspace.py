@@ -196,6 +196,12 @@ class Workspace:
             if not isinstance(records, dict) or not all(
                     isinstance(r, dict) and "fingerprint" in r for r in records.values()):
                 raise TypeError("an artifact record lacks its fingerprint")
+            for name, record in records.items():
+                files, inputs = record.get("files", {}), record.get("inputs", {})
+                if not isinstance(inputs, dict) or not isinstance(files, dict) or not all(
+                        isinstance(f, dict) and {"size", "digest"} <= f.keys()
+                        for f in files.values()):
+                    raise TypeError(f"the {name} record's inputs or files are malformed")
         except (ValueError, TypeError, KeyError) as e:
             what = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             raise ManifestCorrupt(
@@ -308,6 +314,7 @@ class Workspace:
         Upstream artifacts must exist; their fingerprints are recorded as inputs so the new
         artifact turns stale when one of them is rebuilt.
         """
+        self.manifest()  # a corrupt manifest fails now, not after the work
         upstream = {a.dirname: self._fingerprint_of(a) for a in artifact.inputs}
         with self.lock(f"mstage {artifact.command}"):
             staging = self.root / STAGING / f"{artifact.dirname}-{uuid.uuid4().hex[:8]}"

@@ -353,7 +353,7 @@ def server_address(text: str | None, option: str = "--server") -> str | None:
     if text is None:
         return None
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or "/" in host:
         raise UsageError(f"expected {option} HOST:PORT (e.g. 127.0.0.1:8001), found {text!r}")
     if not 1 <= int(port) <= 65535:
         raise UsageError(f"expected the port of {option} in 1..65535, found {port} in "

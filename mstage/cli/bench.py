@@ -51,12 +51,14 @@ def bench(
                               help="Latency histogram and throughput-vs-concurrency PNG."),
 ) -> None:
     """Closed-loop load: one user per request, p50/p90/p99 latency and throughput per level."""
+    from mstage.config import check_seed
     from mstage.errors import UsageError
     from mstage.evaluation.bench import parse_concurrency, recommend_sender, run_bench
     from mstage.evaluation.plots import check_png_path, plot_bench
 
     levels = parse_concurrency(parse_int_list(concurrency, "--concurrency"))
-    if duration_limit <= 0:
+    check_seed("--seed", seed)
+    if not duration_limit > 0:
         raise UsageError(f"expected --duration-limit > 0, found {duration_limit}")
     if protocol not in ("grpc", "http"):
         raise UsageError(f"expected --protocol grpc or http, found {protocol!r}")

@@ -22,8 +22,10 @@ def generate_data(
                                help="Write into a non-empty directory not made by generate-data."),
 ) -> None:
     """Write Ali-CCP-like impressions with clicks (and user/item tables) to --out."""
+    from mstage.config import check_seed
     from mstage.data.synthetic import generate
 
+    check_seed("--seed", seed)
     s = session()
     summary = generate(out, users, items, interactions, seed, target_ctr=ctr,
                        with_factors=save_factors, force=force, reporter=s.progress())

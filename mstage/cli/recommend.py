@@ -41,8 +41,9 @@ def read_user_ids(source: str, users) -> UserIds:
     else:
         path = Path(source)
         if not path.is_file():
+            found = "a directory" if path.is_dir() else "nothing"
             raise InputError(f"expected a file of user ids (one per line) at {path}, found "
-                             "nothing; pass an existing file or - for stdin")
+                             f"{found}; pass an existing file or - for stdin")
         lines = path.read_text(errors="replace").splitlines()
     ids, malformed = [], []
     for number, line in enumerate(lines, start=1):
@@ -228,6 +229,8 @@ def recommend(
     from mstage.config import override
 
     _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol)
+    if in_process and server is not None:
+        raise UsageError("expected --in-process or --server, found both; pass one")
     server = server_address(server)
     s = session()
     if server is None and not (in_process or explain or candidates or seed is not None):

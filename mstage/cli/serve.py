@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mstage.cli.app import command, session
+from mstage.cli.app import command, require_built, session
 
 
 @command("serve")
@@ -29,7 +29,7 @@ def serve(
 ) -> None:
     """Start tritonserver on the ensemble; runs until Ctrl-C (or returns with --detach)."""
     from mstage.config import override
-    from mstage.errors import ArtifactMissing, ServerError
+    from mstage.errors import ServerError, UsageError
     from mstage.serving.ensemble import repository_path
     from mstage.serving.server import PID_FILE, TritonServer, log_tail, running_server
     from mstage.workspace import Artifact
@@ -39,10 +39,12 @@ def serve(
     cfg = override(s.config.serving, flags=True, http_port=http_port, grpc_port=grpc_port,
                    host=host)
     if repository is None:
+        require_built(ws, (Artifact.ENSEMBLE,))
         repository = repository_path(ws)
-        if not repository.is_dir():
-            raise ArtifactMissing(f"expected a model repository at {repository}, found nothing; "
-                                  "run `mstage build-ensemble` first (or pass --repository)")
+    elif not Path(repository).is_dir():
+        raise UsageError(f"expected a model repository at {repository}, found nothing; pass "
+                         "the directory `mstage build-ensemble` wrote (WORKSPACE/ensemble/"
+                         "model_repository)")
     running = running_server(ws.logs_dir)
     if running is not None:
         raise ServerError(f"expected no server running for workspace {ws.root}, found pid "
