@@ -159,3 +159,25 @@ def make_optimizer(name: str, learning_rate: float, variables: list,
     if name not in OPTIMIZERS:
         raise ConfigError(f"expected {key} in {', '.join(OPTIMIZERS)}, found {name!r}")
     return SparseOptimizer(name, learning_rate, variables)
+
+
+def fit_and_publish(ws, artifact, config, fit: Callable, advice: str, force: bool):
+    """Fit on the workspace's prepared data into a staging directory and publish it as
+    `artifact` (config and metrics in the manifest) unless the quality gate refuses it:
+    then, as on any failure, the previous artifact stays. `fit(data, directory)` returns a
+    run with `gate_check()`, `metrics()` and `notes`; `advice` is what to try on refusal."""
+    from mstage.config import as_dict
+    from mstage.data.schema import PreparedData
+    from mstage.workspace import Artifact
+
+    data = PreparedData(ws.require(Artifact.DATA))
+    kept = (f"the previous {artifact.dirname} artifact is kept" if ws.exists(artifact)
+            else f"no {artifact.dirname} artifact is published")
+    with ws.build(artifact) as b:
+        run = fit(data, b.dir)
+        run.quality_gate, note = quality_gate(run.gate_check(), kept, advice, force)
+        if note is not None:
+            run.notes.append(note)
+        b.config = as_dict(config)
+        b.metrics = run.metrics()
+    return run

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mstage.config import RankingConfig, as_dict
+from mstage.config import RankingConfig
 from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
@@ -35,8 +35,8 @@ from mstage.training.core import (
     GateCheck,
     Phase,
     Schedule,
+    fit_and_publish,
     make_optimizer,
-    quality_gate,
     validate_then_refit,
 )
 from mstage.workspace import Artifact, Workspace
@@ -395,15 +395,7 @@ def train_ranking(ws: Workspace, config: RankingConfig,
     artifact (SavedModel, encoders; config and metrics in the manifest). A failure keeps the
     previous artifact, and so does a model whose best validation AUC is not above the
     baseline's on the validation rows (QualityGateFailed) unless `force`."""
-    data = PreparedData(ws.require(Artifact.DATA))
-    kept = ("the previous ranking model is kept" if ws.exists(Artifact.RANKING)
-            else "no ranking model is published")
-    with ws.build(Artifact.RANKING) as b:
-        run = fit_ranking(data, config, b.dir, reporter)
-        run.quality_gate, note = quality_gate(
-            run.gate_check(), kept, "check --learning-rate/--epochs", force)
-        if note is not None:
-            run.notes.append(note)
-        b.config = as_dict(config)
-        b.metrics = run.metrics()
-    return run
+    return fit_and_publish(
+        ws, Artifact.RANKING, config,
+        lambda data, directory: fit_ranking(data, config, directory, reporter),
+        "check --learning-rate/--epochs", force)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mstage.config import RetrievalConfig, as_dict
+from mstage.config import RetrievalConfig
 from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
@@ -28,8 +28,8 @@ from mstage.training.core import (
     GateCheck,
     Phase,
     Schedule,
+    fit_and_publish,
     make_optimizer,
-    quality_gate,
     validate_then_refit,
 )
 from mstage.workspace import Artifact, Workspace
@@ -264,15 +264,7 @@ def train_retrieval(ws: Workspace, config: RetrievalConfig,
     retrieval artifact (towers, encoders, item embeddings; config and metrics in the manifest).
     A failure keeps the previous artifact, and so does a model whose validation recall@20 is
     not above popularity's (QualityGateFailed) unless `force`."""
-    data = PreparedData(ws.require(Artifact.DATA))
-    kept = ("the previous retrieval artifact is kept" if ws.exists(Artifact.RETRIEVAL)
-            else "no retrieval artifact is published")
-    with ws.build(Artifact.RETRIEVAL) as b:
-        run = fit_retrieval(data, config, b.dir, reporter)
-        run.quality_gate, note = quality_gate(
-            run.gate_check(), kept, "check --learning-rate/--temperature", force)
-        if note is not None:
-            run.notes.append(note)
-        b.config = as_dict(config)
-        b.metrics = run.metrics()
-    return run
+    return fit_and_publish(
+        ws, Artifact.RETRIEVAL, config,
+        lambda data, directory: fit_retrieval(data, config, directory, reporter),
+        "check --learning-rate/--temperature", force)

@@ -149,7 +149,7 @@ def test_labels_without_clicks_are_explained(tmp_path, cli):
 # AUC (about 0.31) is far below item CTR's (about 0.79).
 RANDOM = ["--epochs", 1, "--learning-rate", "1e-9"]
 GATE = re.compile(r"expected validation AUC above item CTR \(smoothed\)'s (\d\.\d{4}), "
-                  r"found (\d\.\d{4}); the previous ranking model is kept; "
+                  r"found (\d\.\d{4}); the previous ranking artifact is kept; "
                   r"check --learning-rate/--epochs, or publish anyway with --force")
 
 
