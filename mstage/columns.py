@@ -22,6 +22,9 @@ USER_ID = "user_id"
 TOP_K = "top_k"
 CANDIDATE_IDS, RETRIEVAL_SCORES = "candidate_ids", "retrieval_scores"
 RECENT_ITEMS, COLD_START = "recent_items", "cold_start"
+HISTORY_ONLY = "history_only"
+"""Retrieval: 1 where a user the model never saw got personalised candidates from the history
+the store holds (pushed by `mstage push-events`), not the popularity fallback."""
 HISTORY = "history"
 """Optional: item ids [B, L] the query tower reads instead of the store's recent items
 (offline evaluation passes each user's train history: the store also holds test items)."""

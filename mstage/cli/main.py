@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "train_retrieval",
     "train_ranking",
     "export_features",
+    "push_events",
     "build_index",
     "recommend",
     "build_ensemble",

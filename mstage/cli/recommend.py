@@ -72,10 +72,11 @@ def _score(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def answers_from_arrays(users, item_ids, scores, fallback, items, explain=None
-                        ) -> list[dict[str, Any]]:
+def answers_from_arrays(users, item_ids, scores, fallback, items, explain=None,
+                        history_only=None) -> list[dict[str, Any]]:
     """Per user: the JSON-ready answer in the user's ids (`items`: the items' IdMap), with
-    the -1 padding of the id matrix dropped."""
+    the -1 padding of the id matrix dropped; with `explain`, `"history_only": true` for a user
+    the model never saw, answered from the history the store holds (`mstage push-events`)."""
     out = []
     for row, user in enumerate(users):
         keep = item_ids[row] != PAD
@@ -85,6 +86,8 @@ def answers_from_arrays(users, item_ids, scores, fallback, items, explain=None
             "scores": [_score(v) for v in scores[row][keep]],
             "fallback": bool(fallback[row]),
         }
+        if explain is not None and history_only is not None and history_only[row]:
+            answer["history_only"] = True
         if explain is not None:
             answer["explain"] = [entry | {"item_id": items.to_user([entry["item_id"]])[0]}
                                  for entry in explain[row]]
@@ -176,7 +179,8 @@ def answer(recommender, users: list, ids, top_k: int, explain: bool):
     stages = [{"name": t.name, "seconds": round(t.seconds, 6), "items_in": int(t.items_in),
                "items_out": int(t.items_out)} for t in result.timings]
     return answers_from_arrays(users, result.item_ids, result.scores, result.fallback,
-                               item_ids, result.explain), stages
+                               item_ids, result.explain,
+                               getattr(result, "history_only", None)), stages
 
 
 def _check_options(user_id, user_ids_file, candidates, explain, seed, server, protocol) -> None:

@@ -90,17 +90,25 @@ def read_table(path: Path, what: str, columns: list[str] | None = None,
             import pyarrow.parquet as pq
 
             return pq.read_table(path, columns=columns).to_pandas()
-        import pyarrow as pa
-        import pyarrow.csv as pcsv
-
-        # pyarrow parses in parallel, several times faster than pandas' C parser; .gz too.
-        convert = pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
-                                      column_types={c: pa.string() for c in text_columns})
-        table = pcsv.read_csv(path, convert_options=convert)
-        return _canonical_integers(table, text_columns).to_pandas()
+        return read_csv(path, columns, text_columns)
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as e:
         # pyarrow.ArrowInvalid and pandas' parser errors are ValueError subclasses.
         raise _unreadable(path, fmt, e) from None
+
+
+def read_csv(source, columns: list[str] | None = None, text_columns: tuple[str, ...] = ()):
+    """A pandas DataFrame from CSV at `source` (a path, or a binary stream such as stdin's);
+    `text_columns` present in it are read as text, then kept as int64 when every value is a
+    canonical integer. Raises the reader's errors (ValueError subclasses) as they are."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    # pyarrow parses in parallel, several times faster than pandas' C parser; .gz too.
+    convert = pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+                                  column_types={c: pa.string() for c in text_columns})
+    table = pcsv.read_csv(source, convert_options=convert)
+    return _canonical_integers(table, tuple(c for c in text_columns
+                                            if c in table.column_names)).to_pandas()
 
 
 def _canonical_integers(table, columns: tuple[str, ...]):

@@ -19,6 +19,7 @@ from mstage.columns import (
     FILTERED_IDS,
     FILTERED_SCORES,
     HISTORY,
+    HISTORY_ONLY,
     ITEM_IDS,
     PAD,
     RANKING_SCORES,
@@ -44,13 +45,20 @@ SERVED_ARTIFACTS = (Artifact.RETRIEVAL, Artifact.RANKING, Artifact.FEATURES, Art
 @dataclass
 class Recommendations:
     """Per user (rows): best-first item ids [b, k] (-1 padded), their ordering scores [b, k]
-    and whether the popularity fallback answered [b]; timings and explain in-process only."""
+    and whether the popularity fallback answered [b]; timings and explain in-process only.
+    `history_only` [b]: a user the model never saw, answered from the history the store holds
+    (in-process only: the served ensemble's response has no such column, all False there)."""
 
     item_ids: np.ndarray
     scores: np.ndarray
     fallback: np.ndarray
     timings: list[StageTiming]
     explain: list[list[dict[str, Any]]] | None = None
+    history_only: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.history_only is None:
+            self.history_only = np.zeros(len(self.fallback), dtype=bool)
 
 
 class Recommends(Protocol):
@@ -175,7 +183,8 @@ class Recommender:
         columns, timings = self.pipeline.run(batch, pinned=pinned)
         return Recommendations(columns[ITEM_IDS], columns[SCORES],
                                columns[FALLBACK].astype(bool), timings,
-                               _explain(columns) if explain else None)
+                               _explain(columns) if explain else None,
+                               columns[HISTORY_ONLY].astype(bool))
 
     def close(self) -> None:
         pass

@@ -4,8 +4,10 @@ Faiss top-N.
 The one online-store read per request happens here; the query tower reads the user's
 features and recent items (what they just did moves the query); the features travel on to
 scoring as tensors encoded with the ranker's encoders (`user__<feature>` columns), and the
-recent items travel on to filtering. Users unknown to the feature store or to the model get
-the most popular items instead, flagged in `cold_start`.
+recent items travel on to filtering. A user the model never saw but whose history the store
+holds (`mstage push-events`) is embedded from that history and their features (their unknown
+id maps to index 0), flagged in `history_only`. Users with neither get the most popular items
+instead, flagged in `cold_start`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mstage.columns import (
     CANDIDATE_IDS,
     COLD_START,
     HISTORY,
+    HISTORY_ONLY,
     PAD,
     RECENT_ITEMS,
     RETRIEVAL_SCORES,
@@ -75,6 +78,7 @@ class RetrieveCandidates(Stage):
             ColumnSpec(RETRIEVAL_SCORES, "float32", (-1, n)),
             ColumnSpec(RECENT_ITEMS, "int64", (-1, int(self.params["recent_items"]))),
             ColumnSpec(COLD_START, "int8"),
+            ColumnSpec(HISTORY_ONLY, "int8"),
         ] + user_columns(self.params["user_features"])
 
     def _open(self) -> None:
@@ -94,13 +98,19 @@ class RetrieveCandidates(Stage):
         features = self.store.users(user_ids)
         found = features.pop("found")
         recent = features.pop(RECENT_ITEMS)
-        known = found & (self.query_tower.encoders.user_ids.lookup(user_ids) > 0)
+        history = batch.get(HISTORY, recent)
+        seen_by_model = self.query_tower.encoders.user_ids.lookup(user_ids) > 0
+        # A user the model never saw is still embedded when the store holds their history and
+        # the tower reads history: their id maps to index 0, the history moves the query.
+        history_only = (found & ~seen_by_model & (history != PAD).any(axis=1)
+                        & (self.query_tower.history > 0))
+        known = (found & seen_by_model) | history_only
         ids = np.full((len(user_ids), n), PAD, dtype=np.int64)
         scores = np.full((len(user_ids), n), -np.inf, dtype=np.float32)
         rows = np.flatnonzero(known)
         if rows.size:
-            history = batch.get(HISTORY, recent)[rows]
-            embeddings = self.query_tower({k: v[rows] for k, v in features.items()}, history)
+            embeddings = self.query_tower({k: v[rows] for k, v in features.items()},
+                                          history[rows])
             with _faiss_threads(1 if rows.size < THREADED_BATCH else None):
                 ids[rows], scores[rows] = self.index.search(embeddings, n)
         cold = np.flatnonzero(~known)
@@ -114,4 +124,5 @@ class RetrieveCandidates(Stage):
             RETRIEVAL_SCORES: scores,
             RECENT_ITEMS: np.ascontiguousarray(recent, dtype=np.int64),
             COLD_START: (~known).astype(np.int8),
+            HISTORY_ONLY: history_only.astype(np.int8),
         } | {USER_PREFIX + k: v for k, v in encoded.items()}
