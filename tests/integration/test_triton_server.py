@@ -151,10 +151,10 @@ def test_server_reports_a_model_that_fails_to_load(tritonserver_binary, toy_repo
 
 # --- the CLI ------------------------------------------------------------------------------
 
-def test_serve_without_an_ensemble_names_build_ensemble(cli):
+def test_serve_on_an_empty_workspace_names_the_first_missing_step(cli):
     result = cli("serve")
     assert result.exit_code == 2
-    assert "run `mstage build-ensemble` first" in result.stderr
+    assert "run `mstage prepare-data` first" in result.stderr
 
 
 def test_serve_with_a_missing_binary_gives_the_install_hint(cli, toy_repository, monkeypatch):
