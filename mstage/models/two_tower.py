@@ -78,6 +78,9 @@ def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str, histor
         if s.kind == "multi":
             parts.append(MaskedMean(name=f"{name}_{s.name}_mean")(
                 [table(inputs[s.name]), inputs[s.name]]))
+        elif s.kind == "id":
+            parts.append(KnownOnly(name=f"{name}_{s.name}_known")(
+                [table(inputs[s.name]), inputs[s.name]]))
         else:
             parts.append(table(inputs[s.name]))
     x = parts[0] if len(parts) == 1 else keras.layers.Concatenate()(parts)
@@ -105,6 +108,16 @@ def _layers():
         def call(self, x):
             return keras.ops.normalize(x, axis=-1, order=2)
 
+    class _KnownOnly(keras.layers.Layer):
+        """[b, w] id embeddings + [b] indices -> zeros where the index is 0 (an id unseen in
+        training): such a user or item is its features alone, never the untrained row 0
+        that every unseen id would share (it would pull them all to one random point)."""
+
+        def call(self, inputs):
+            embedded, indices = inputs
+            return embedded * keras.ops.cast(keras.ops.greater(indices, 0), embedded.dtype)[
+                ..., None]
+
     class _HistoryAttention(keras.layers.Layer):
         """[b, L, d] item embeddings + [b, L] indices (0 = padding) -> [b, d]: the embeddings
         plus a learned embedding of their position (0 = most recent), weighted by a softmax
@@ -124,7 +137,7 @@ def _layers():
             weights = ops.softmax(logits, axis=-1) * ops.max(present, axis=-1, keepdims=True)
             return ops.sum(weights[..., None] * x, axis=1)
 
-    return _MaskedMean, _L2Normalize, _HistoryAttention
+    return _MaskedMean, _L2Normalize, _HistoryAttention, _KnownOnly
 
 
 def MaskedMean(**kw):  # noqa: N802 - behaves like a layer class
@@ -137,6 +150,10 @@ def L2Normalize(**kw):  # noqa: N802
 
 def HistoryAttention(length: int, dim: int, **kw):  # noqa: N802
     return _layers()[2](length, dim, **kw)
+
+
+def KnownOnly(**kw):  # noqa: N802
+    return _layers()[3](**kw)
 
 
 def in_batch_softmax_loss(query, candidates, item_ids, log_q, temperature: float):

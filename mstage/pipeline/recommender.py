@@ -107,14 +107,15 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
     encoders = FeatureEncoders.load(paths[Artifact.RANKING] / ENCODERS_DIR)
     user_features = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
                      for s in encoders.specs("user")]
-    retrieval = RetrieveCandidates(
-        {"candidates": n, "recent_items": StoreSpec.load(paths[Artifact.FEATURES]).recent_items,
-         "user_features": user_features},
-        {"popular": popular},
-        {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
-         "features": paths[Artifact.FEATURES], "ranking": paths[Artifact.RANKING]})
     filtering = FilterCandidates.from_catalog(
         items, popular, {**asdict(config.filtering), "candidates": n, "min_candidates": k})
+    excluded = filtering.arrays["item_ids"][filtering.arrays["excluded"]]
+    retrieval = RetrieveCandidates(
+        {"candidates": n, "recent_items": StoreSpec.load(paths[Artifact.FEATURES]).recent_items,
+         "user_features": user_features, "exclude_seen": config.filtering.exclude_seen},
+        {"popular": popular, "excluded": np.sort(excluded)},
+        {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
+         "features": paths[Artifact.FEATURES], "ranking": paths[Artifact.RANKING]})
     scoring = ScoreCandidates.from_catalog(
         items, encoders, {"width": filtering.width, "user_features": user_features},
         paths[Artifact.RANKING])

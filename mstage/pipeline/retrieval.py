@@ -60,7 +60,9 @@ class RetrieveCandidates(Stage):
     """sources: `retrieval` (query tower), `index` (Faiss), `features` (online store),
     `ranking` (the ranker's encoders, for the user features passed on).
     params: `candidates` (N), `recent_items` (width), `user_features` (the ranker's encoded
-    user inputs). arrays: `popular` (item ids, most popular first)."""
+    user inputs), `exclude_seen` (skip the history's items in the search, as filtering would
+    drop them). arrays: `popular` (item ids, most popular first), `excluded` (item ids the
+    business rules exclude, skipped in the search)."""
 
     READS = {"retrieval": retrieval_artifact.QUERY_FILES, "index": (), "features": ONLINE_FILES,
              "ranking": (dlrm.ENCODERS_DIR,)}
@@ -92,6 +94,28 @@ class RetrieveCandidates(Stage):
         self.store = OnlineFeatures.open(self.sources["features"])
         self.forward = FeatureEncoders.load(self.sources["ranking"] / dlrm.ENCODERS_DIR)
 
+    def _search(self, embeddings: np.ndarray, n: int, seen: np.ndarray | None):
+        """Faiss top-n per query ([b, n] ids and scores), skipping what filtering would drop:
+        each row's `seen` ids ([b, R], -1 padded) and the items business rules exclude
+        (`excluded` array). A history-aware query scores the user's own recent items high,
+        and out-of-stock items never trained on can land anywhere: left in, they would crowd
+        the n slots and the list be refilled from popularity. So the search fetches enough
+        more (at most 4n more for rule-excluded items) and keeps the best n others, in
+        order."""
+        excluded = self.arrays.get("excluded", np.zeros(0, dtype=np.int64))
+        if seen is None:
+            seen = np.zeros((len(embeddings), 0), dtype=np.int64)
+        extra = seen.shape[1] + min(len(excluded), 4 * n)
+        if not extra:
+            return self.index.search(embeddings, n)
+        ids, scores = self.index.search(embeddings, n + extra)
+        drop = (ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
+        drop |= np.isin(ids, excluded)
+        order = np.argsort(drop, axis=1, kind="stable")[:, :n]
+        ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+        dropped = np.take_along_axis(drop, order, 1)
+        return np.where(dropped, PAD, ids), np.where(dropped, -np.inf, scores).astype(np.float32)
+
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = int(self.params["candidates"])
         user_ids = np.asarray(batch[USER_ID], dtype=np.int64)
@@ -111,8 +135,9 @@ class RetrieveCandidates(Stage):
         if rows.size:
             embeddings = self.query_tower({k: v[rows] for k, v in features.items()},
                                           history[rows])
+            seen = history[rows] if self.params["exclude_seen"] else None
             with _faiss_threads(1 if rows.size < THREADED_BATCH else None):
-                ids[rows], scores[rows] = self.index.search(embeddings, n)
+                ids[rows], scores[rows] = self._search(embeddings, n, seen)
         cold = np.flatnonzero(~known)
         if cold.size:
             popular = self.arrays["popular"][:n]
