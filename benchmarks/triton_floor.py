@@ -1,4 +1,4 @@
-"""The floor Triton adds: a two-step do-nothing ensemble's latency, throughput, start-up, RSS.
+"""The floor Triton adds: a do-nothing ensemble's latency, throughput, start-up, RSS.
 
     .venv/bin/python benchmarks/triton_floor.py [--requests 1000] [--seconds 5] [--starts 3]
 
@@ -33,11 +33,13 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)),
                         help="client threads of the throughput points")
+    parser.add_argument("--steps", type=int, choices=(2, 4), default=4,
+                        help="4: the pipeline's steps and shapes (default); 2: the old floor")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        write_repository(repo, floor_operators.floor_plan(),
+        write_repository(repo, floor_operators.floor_plan(args.steps),
                          code=[Path(floor_operators.__file__)])
         # The echo stage answers any user; 64 distinct ones spread requests like real traffic.
         result = measure_triton(repo, Path(tmp) / "logs", list(range(64)),
