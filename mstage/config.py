@@ -76,7 +76,9 @@ class RetrievalConfig:
     as id tables grow, unlike Adam's. `epochs` is the most the validation phase runs; early
     stopping on validation recall@20 (after `patience` epochs without gain) picks the count
     used to refit on all of train. `history` is how many of the user's latest items the query
-    tower reads (0: none; at most the feature store's `recent_items` are known online)."""
+    tower reads (0: none; at most the feature store's `recent_items` are known online).
+    `validation_users` caps the users early stopping scores after each epoch (a seeded
+    sample): each check then costs seconds at any scale; the test evaluation stays full."""
 
     epochs: int = 40
     batch_size: int = 256
@@ -90,10 +92,12 @@ class RetrievalConfig:
     feature_dim: int = 16
     hidden_units: list[int] = field(default_factory=list)
     history: int = 50
+    validation_users: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.history <= 1000:
             raise ConfigError(f"expected retrieval.history in 0..1000, found {self.history}")
+        _positive("retrieval", validation_users=self.validation_users)
         _positive("retrieval", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
                   temperature=self.temperature, patience=self.patience,

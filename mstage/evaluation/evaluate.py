@@ -25,13 +25,14 @@ import numpy as np
 
 from mstage.data.schema import SPLITS
 from mstage.errors import InputError, UsageError
-from mstage.evaluation.metrics import PAD, RelevantSets
+from mstage.evaluation.metrics import PAD
 from mstage.evaluation.protocol import (
     DEFAULT_KS,
     EvalSet,
     MetricTotals,
     evaluate_scores,
     load_eval_set,
+    sample_users,
 )
 from mstage.progress import SILENT, Reporter
 from mstage.workspace import Artifact, Workspace
@@ -71,23 +72,6 @@ def parse_ks(ks: Sequence[int]) -> list[int]:
     if not ks or ks[0] < 1:
         raise UsageError(f"expected cut-offs k >= 1, found {list(ks)}; pass e.g. --k 10,20,100")
     return ks
-
-
-def sample_users(eval_set: EvalSet, n: int | None, seed: int = 0) -> EvalSet:
-    """The same EvalSet restricted to n evaluated users drawn without replacement (seeded).
-
-    Coverage stays relative to the whole train catalog, so it shrinks with the sample."""
-    if n is None or n >= len(eval_set.users):
-        return eval_set
-    if n < 1:
-        raise UsageError(f"expected --users >= 1, found {n}")
-    keep = np.sort(np.random.default_rng(seed).choice(len(eval_set.users), n, replace=False))
-    relevant = eval_set.relevant
-    sampled = EvalSet(**{**eval_set.__dict__})
-    sampled.users = eval_set.users[keep]
-    sampled.relevant_sets = RelevantSets.from_lists([relevant[i] for i in keep])
-    sampled.stats = {**eval_set.stats, "sampled_users": n}
-    return sampled
 
 
 def seen_items(eval_set: EvalSet, user_ids: np.ndarray) -> list[np.ndarray]:

@@ -158,6 +158,23 @@ def build_eval_set(interactions, split: str = "user-temporal", phase: str = "tes
     return eval_set
 
 
+def sample_users(eval_set: EvalSet, n: int | None, seed: int = 0) -> EvalSet:
+    """The same EvalSet restricted to n evaluated users drawn without replacement (seeded).
+
+    Coverage stays relative to the whole train catalog, so it shrinks with the sample."""
+    if n is None or n >= len(eval_set.users):
+        return eval_set
+    if n < 1:
+        raise UsageError(f"expected --users >= 1, found {n}")
+    keep = np.sort(np.random.default_rng(seed).choice(len(eval_set.users), n, replace=False))
+    relevant = eval_set.relevant
+    sampled = EvalSet(**{**eval_set.__dict__})
+    sampled.users = eval_set.users[keep]
+    sampled.relevant_sets = RelevantSets.from_lists([relevant[i] for i in keep])
+    sampled.stats = {**eval_set.stats, "sampled_users": n}
+    return sampled
+
+
 def load_eval_set(data, split: str = "user-temporal", phase: str = "test") -> EvalSet:
     """EvalSet from `mstage.data.schema.PreparedData` (workspace/data/)."""
     return build_eval_set(data.interactions, split, phase)

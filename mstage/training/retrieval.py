@@ -191,14 +191,15 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
     `out_dir` is given, export the refit model there (see TwoTower.export).
     `validation_only` stops after the validation phase (for tuning)."""
     from mstage.evaluation.baselines import popularity
-    from mstage.evaluation.protocol import build_eval_set, evaluate_scores
+    from mstage.evaluation.protocol import build_eval_set, evaluate_scores, sample_users
 
     positives = data.positives()
     folds = positives[fold_column(config.split)].to_numpy()
     params = tower_params(config)
     notes: list[str] = []
     batch = _batch_size(config.batch_size, int(np.sum(folds != TEST)), notes, reporter)
-    valid_set = build_eval_set(data.interactions, config.split, "validation")
+    valid_set = sample_users(build_eval_set(data.interactions, config.split, "validation"),
+                             config.validation_users, config.seed)
     fit_rows = np.flatnonzero(folds == FIT)
 
     def validation() -> Phase | None:
@@ -230,7 +231,8 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
                for log in training.validation]
     best_epoch = training.best_epoch
     if validation_only:
-        return RetrievalRun({}, {}, history, best_epoch, batch, 0.0, 0.0, {}, notes)
+        return RetrievalRun({}, {}, history, best_epoch, batch, 0.0, 0.0, {}, notes,
+                            validation_users=len(valid_set.users))
     phase, model, trainer = training.model
     seconds = training.refit_seconds
     examples = len(training.refit) * trainer.examples_per_epoch

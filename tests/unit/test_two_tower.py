@@ -187,3 +187,15 @@ def test_importing_the_module_does_not_import_tensorflow():
             "mstage.training.ranking, mstage.models.encoders; print('tensorflow' in sys.modules)")
     out = run_python("-c", code, cwd=Path(__file__).parents[2])
     assert out.stdout.strip() == "False"
+
+
+def test_early_stopping_scores_a_seeded_sample_of_validation_users(data):
+    from dataclasses import replace
+
+    sampled = fit_retrieval(data, replace(SMALL, epochs=2, validation_users=7),
+                            validation_only=True)
+    again = fit_retrieval(data, replace(SMALL, epochs=2, validation_users=7),
+                          validation_only=True)
+    assert sampled.validation_users == 7
+    assert [v["recall@20"] for v in sampled.validation] == \
+        [v["recall@20"] for v in again.validation]  # the same users, the same curve
