@@ -69,11 +69,15 @@ class Artifact(enum.Enum):
 
 
 def fingerprint_file(path: Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): raw inputs are compared by content."""
+    """sha256 (first 16 hex digits) of a file's bytes, or of a directory's files (names and
+    bytes, in name order: a partitioned data set): raw inputs are compared by content."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else "").encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023 - read now
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -271,7 +275,7 @@ class Workspace:
     def _current_fingerprint(self, input_name: str) -> str | None:
         if input_name.startswith("file:"):
             path = Path(input_name[5:])
-            return fingerprint_file(path) if path.is_file() else None
+            return fingerprint_file(path) if path.exists() else None
         rec = self.manifest()["artifacts"].get(input_name)
         return rec["fingerprint"] if rec else None
 

@@ -1,7 +1,9 @@
 """Read a raw table (parquet or CSV, chosen by extension) into pandas, only the columns needed.
 
 Reading the header first lets a missing column fail in milliseconds with the list of columns
-found, and lets a 20M-row interactions file load only its four used columns.
+found, and lets a 20M-row interactions file load only its four used columns. A directory of
+parquet files (a partitioned data set, hive `key=value` directories included) reads as one
+table.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
+def is_parquet_dir(path: Path) -> bool:
+    """Whether `path` is a directory holding parquet files (a partitioned data set)."""
+    return path.is_dir() and any(path.rglob("*.parquet"))
+
+
 def table_format(path: Path) -> str:
     """'parquet' or 'csv' from the file name; InputError for anything else."""
+    if is_parquet_dir(path):
+        return "parquet"
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
@@ -40,7 +49,7 @@ def _unreadable(path: Path, fmt: str, error: BaseException) -> InputError:
 
 
 def _check_exists(path: Path, what: str) -> None:
-    if not path.is_file():
+    if not path.is_file() and not is_parquet_dir(path):
         found = "a directory" if path.is_dir() else "nothing"
         raise InputError(f"expected the {what} file at {path}, found {found}; "
                          f"check the path given to --{what}")
@@ -51,6 +60,8 @@ def read_columns(path: Path, what: str) -> list[str]:
     _check_exists(path, what)
     fmt = table_format(path)
     try:
+        if fmt == "parquet" and path.is_dir():
+            return list(_parquet_dir(path).schema.names)
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -64,6 +75,8 @@ def read_columns(path: Path, what: str) -> list[str]:
 
 def sample_columns(path: Path, columns: list[str], rows: int = 1000):
     """The first `rows` rows of `columns` (a pandas DataFrame), read without the whole file."""
+    if table_format(path) == "parquet" and path.is_dir():
+        return _parquet_dir(path).head(rows, columns=columns).to_pandas()
     if table_format(path) == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -74,6 +87,13 @@ def sample_columns(path: Path, columns: list[str], rows: int = 1000):
     import pandas as pd
 
     return pd.read_csv(path, usecols=columns, nrows=rows)
+
+
+def _parquet_dir(path: Path):
+    """A pyarrow dataset over a directory of parquet files (hive partitions included)."""
+    import pyarrow.dataset as ds
+
+    return ds.dataset(path, format="parquet", partitioning="hive")
 
 
 def read_table(path: Path, what: str, columns: list[str] | None = None,
@@ -89,7 +109,7 @@ def read_table(path: Path, what: str, columns: list[str] | None = None,
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path, columns=columns).to_pandas()
+            return pq.read_table(path, columns=columns).to_pandas()  # a directory too
         return read_csv(path, columns, text_columns)
     except (OSError, ValueError, UnicodeDecodeError, EOFError) as e:
         # pyarrow.ArrowInvalid and pandas' parser errors are ValueError subclasses.

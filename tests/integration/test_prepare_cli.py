@@ -369,3 +369,26 @@ def test_unsigned_ids_beyond_int64_are_refused(cli, tmp_path, isolated_workspace
     assert "expected integer (int64) user ids in column 'user_id' of events.parquet, found " \
            "9223372036854775808 in data row 2" in " ".join(result.stderr.split())
     assert not (isolated_workspace / "data").exists()
+
+
+def test_a_directory_of_parquet_files_reads_as_one_table(cli, tables, tmp_path,
+                                                         isolated_workspace):
+    single = _prepare(cli, tables, "--json")
+    assert single.exit_code == 0, single.stderr
+    expected = pd.read_parquet(isolated_workspace / "data" / "interactions.parquet")
+
+    parts = tmp_path / "events"  # a partitioned data set: one file per day range
+    parts.mkdir()
+    frame = _interactions()
+    half = len(frame) // 2
+    frame.iloc[:half].to_parquet(parts / "part-0.parquet", index=False)
+    frame.iloc[half:].to_parquet(parts / "part-1.parquet", index=False)
+    split = _prepare(cli, {**tables, "interactions": parts}, "--json")
+    assert split.exit_code == 0, split.stderr
+    got = pd.read_parquet(isolated_workspace / "data" / "interactions.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+
+    frame.iloc[half:].head(2).to_parquet(parts / "part-1.parquet", index=False)
+    status = json.loads(cli("status", "--json").stdout)
+    data = next(a for a in status["artifacts"] if a["artifact"] == "data")
+    assert data["state"] == "stale" and "changed" in data["reason"]
