@@ -109,6 +109,12 @@ def make_model() -> type:
 
     class TritonPythonModel:
         def initialize(self, args: dict[str, str]) -> None:
+            import os
+
+            # One thread per op in each stub: a server runs four stubs and batches requests,
+            # so per-op thread pools only compete for the same cores.
+            for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+                os.environ.setdefault(name, "1")
             version_dir = Path(args["model_repository"]) / args["model_version"]
             self.runner = StageRunner.from_version_dir(version_dir, args["model_name"])
 
