@@ -10,8 +10,10 @@ builds it once with `build_pipeline_workspace`; the other helpers here are plain
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from cli_runner import run_cli
@@ -68,3 +70,24 @@ def stale_by_rebuild(ws: Path, artifact: str) -> None:
     manifest = json.loads(path.read_text())
     manifest["artifacts"][artifact]["fingerprint"] = "0123456789abcdef"
     path.write_text(json.dumps(manifest))
+
+
+@contextlib.contextmanager
+def serving(ws: Path) -> Iterator[dict]:
+    """build-ensemble, then `serve --detach` on free ports; yields serve's JSON (pid, grpc,
+    http, ...) plus `max_batch_size` from the build, and always stops the server."""
+    from mstage.serving.server import free_ports, is_tritonserver, log_tail, stop_process_group
+
+    built = run_cli("-w", ws, "build-ensemble", "--json")
+    assert built.exit_code == 0, built.stderr
+    http_port, grpc_port = free_ports(2)
+    started = run_cli("-w", ws, "serve", "--detach", "--json", "--http-port", http_port,
+                      "--grpc-port", grpc_port, "--ready-timeout", "300")
+    assert started.exit_code == 0, started.stderr + log_tail(ws / "logs" / "tritonserver.log")
+    endpoints = json.loads(started.stdout)
+    try:
+        yield endpoints | {"max_batch_size": json.loads(built.stdout)["max_batch_size"]}
+    finally:
+        run_cli("-w", ws, "stop")
+        if is_tritonserver(endpoints["pid"]):
+            stop_process_group(endpoints["pid"])

@@ -12,9 +12,7 @@ import json
 import numpy as np
 import pytest
 from cli_runner import run_cli
-from pipeline_workspace import build_pipeline_workspace
-
-from mstage.serving.server import free_ports, is_tritonserver, stop_process_group
+from pipeline_workspace import build_pipeline_workspace, serving
 
 pytestmark = pytest.mark.slow
 
@@ -81,19 +79,9 @@ def test_text_ids_in_process_and_through_triton(text_workspace, tritonserver_bin
                                  "--json"))[users[0]]
     assert [e["item_id"] for e in explained["explain"]] == explained["item_ids"]
 
-    assert run_cli("-w", ws, "build-ensemble").exit_code == 0
-    http_port, grpc_port = free_ports(2)
-    started = run_cli("-w", ws, "serve", "--detach", "--json", "--http-port", http_port,
-                      "--grpc-port", grpc_port)
-    assert started.exit_code == 0, started.stderr
-    pid = json.loads(started.stdout)["pid"]
-    try:
+    with serving(ws) as server:
         served = _answers(run_cli("-w", ws, "recommend", "--user-ids-file", ids, "--json",
-                                  "--server", f"127.0.0.1:{grpc_port}"))
-    finally:
-        run_cli("-w", ws, "stop")
-        if is_tritonserver(pid):
-            stop_process_group(pid)
+                                  "--server", server["grpc"]))
     assert {u: a["item_ids"] for u, a in served.items()} == \
         {u: a["item_ids"] for u, a in local.items()}
     for user in users:

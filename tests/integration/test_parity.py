@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_runner import run_cli, run_mstage_process, run_python
-from pipeline_workspace import copy_workspace, known_and_unknown_users
+from pipeline_workspace import copy_workspace, known_and_unknown_users, serving
 from raw_triton import raw_infer
 
 from mstage.serving.server import (
-    free_ports,
     http_ready,
     is_tritonserver,
-    log_tail,
-    stop_process_group,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,20 +43,9 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tritonserver_binary, pipeline_workspace, tmp_path_factory):
     ws = copy_workspace(pipeline_workspace, tmp_path_factory.mktemp("parity") / "ws")
-    built = run_cli("-w", ws, "build-ensemble", "--json")
-    assert built.exit_code == 0, built.stderr
-    http_port, grpc_port = free_ports(2)
-    started = run_cli("-w", ws, "serve", "--detach", "--json", "--http-port", http_port,
-                      "--grpc-port", grpc_port, "--ready-timeout", "300")
-    assert started.exit_code == 0, started.stderr + log_tail(ws / "logs" / "tritonserver.log")
-    endpoints = json.loads(started.stdout)
-    try:
-        yield Served(ws, endpoints["pid"], endpoints["grpc"], endpoints["http"],
-                     json.loads(built.stdout)["max_batch_size"])
-    finally:
-        run_cli("-w", ws, "stop")
-        if is_tritonserver(endpoints["pid"]):
-            stop_process_group(endpoints["pid"])
+    with serving(ws) as server:
+        yield Served(ws, server["pid"], server["grpc"], server["http"],
+                     server["max_batch_size"])
 
 
 @pytest.fixture(scope="module")

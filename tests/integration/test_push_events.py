@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 from feature_data import ITEM_FEATURES, USER_FEATURES, publish_prepared, tables
-from pipeline_workspace import copy_workspace, known_and_unknown_users
+from pipeline_workspace import copy_workspace, known_and_unknown_users, serving
 
 from mstage.features.online import OnlineFeatures
 
@@ -199,19 +199,10 @@ def _states(ws: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_a_running_server_answers_from_the_pushed_history(tritonserver_binary,
                                                            pipeline_workspace, tmp_path):
-    from mstage.serving.server import free_ports, is_tritonserver, log_tail, stop_process_group
-
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
     _, unknown = known_and_unknown_users(ws)
-    built = run_cli("-w", ws, "build-ensemble", "--json")
-    assert built.exit_code == 0, built.stderr
-    http_port, grpc_port = free_ports(2)
-    started = run_cli("-w", ws, "serve", "--detach", "--json", "--http-port", http_port,
-                      "--grpc-port", grpc_port, "--ready-timeout", "300")
-    assert started.exit_code == 0, started.stderr + log_tail(ws / "logs" / "tritonserver.log")
-    endpoints = json.loads(started.stdout)
-    try:
-        server = f"127.0.0.1:{grpc_port}"
+    with serving(ws) as served:
+        server = served["grpc"]
         before = _answer(run_cli("-w", ws, "recommend", "--user-id", unknown, "--json",
                                  "--server", server))
         assert before["fallback"] is True
@@ -225,7 +216,3 @@ def test_a_running_server_answers_from_the_pushed_history(tritonserver_binary,
         assert not set(after["item_ids"]) & set(pushed)
         states = _states(ws)
         assert states["features"] == "ready" and states["ensemble"] == "ready"
-    finally:
-        run_cli("-w", ws, "stop")
-        if is_tritonserver(endpoints["pid"]):
-            stop_process_group(endpoints["pid"])
