@@ -111,6 +111,12 @@ RESPONSE = (ITEM_IDS, SCORES, FALLBACK)
 """What a recommendation response carries: best-first ids [B, k], their scores, a flag [B]."""
 
 
+def in_rows(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """bool [b, n]: whether ids[r, j] is among rows[r] ([b, m], PAD-padded; PAD never
+    matches). How retrieval and filtering tell a user's seen items among candidates."""
+    return (ids[:, :, None] == np.where(rows == PAD, -2, rows)[:, None, :]).any(axis=2)
+
+
 def check_batch(specs: Sequence[ColumnSpec], batch: Mapping[str, Any], where: str,
                 rows: int | None = None) -> None:
     """Raise InputError naming the first column of `specs` that `batch` lacks or misshapes.

@@ -280,11 +280,23 @@ class Workspace:
         return rec["fingerprint"] if rec else None
 
     def next_command(self) -> str | None:
-        """The first command whose artifact is missing or stale, in pipeline order."""
+        """The first command whose artifact is missing, damaged or stale, in pipeline order.
+
+        An artifact stale only because a raw input file it was built from is gone is still
+        usable, and rebuilding it with its saved options would fail for want of that file:
+        the steps after it are named instead."""
         for artifact in Artifact:
-            if self.state(artifact)[0] != "ready":
+            state = self.state(artifact)[0]
+            if state == "stale" and self._raw_input_gone(artifact):
+                continue
+            if state != "ready":
                 return f"mstage {artifact.command}"
         return None
+
+    def _raw_input_gone(self, artifact: Artifact) -> bool:
+        """Whether a raw file or directory `artifact` was built from no longer exists."""
+        inputs = (self.record(artifact) or {}).get("inputs", {})
+        return any(name.startswith("file:") and not Path(name[5:]).exists() for name in inputs)
 
     # writing ---------------------------------------------------------------------------
     @contextlib.contextmanager

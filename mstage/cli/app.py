@@ -410,34 +410,9 @@ def require_built(ws, artifacts: Iterable) -> None:
                           f"first{then}")
 
 
-def first_step(workspace) -> str | None:
-    """The workspace's next command to run (`Workspace.next_command`), or None when all is
-    built. An artifact made stale by a raw input file that is gone since is still usable,
-    and rebuilding it with its saved options would fail for want of that file: the steps
-    after it are named instead."""
-    from mstage.workspace import Artifact
-
-    command = workspace.next_command()
-    if command is None:
-        return None
-    for artifact in Artifact:
-        state, _ = workspace.state(artifact)
-        if state == "stale" and _raw_input_gone(workspace, artifact):
-            continue
-        if state != "ready":
-            return f"mstage {artifact.command}"
-    return None
-
-
-def _raw_input_gone(workspace, artifact) -> bool:
-    """Whether a raw file `artifact` was built from (`file:PATH` inputs) no longer exists."""
-    inputs = (workspace.record(artifact) or {}).get("inputs", {})
-    return any(name.startswith("file:") and not Path(name[5:]).is_file() for name in inputs)
-
-
 def next_step(workspace) -> str:
     """The workspace's next command to run, or the first online one when all is built."""
-    return first_step(workspace) or "mstage recommend --user-id ID"
+    return workspace.next_command() or "mstage recommend --user-id ID"
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]):

@@ -122,20 +122,11 @@ def open_answerer(s, serving, server: str | None, protocol: str):
     except BaseException:
         client.close()
         raise
-    features = s.workspace.path(Artifact.FEATURES)
     if not s.workspace.exists(Artifact.FEATURES):
         return client, lambda item_ids: None
-    attributes = None
+    from mstage.features.online import ItemAttributes
 
-    def shown(item_ids):
-        nonlocal attributes
-        if attributes is None:
-            from mstage.features.online import exported_items
-
-            attributes = exported_items(features).set_index("item_id")
-        return attributes.reindex(item_ids).reset_index()
-
-    return client, shown
+    return client, ItemAttributes(s.workspace.path(Artifact.FEATURES))
 
 
 def current_server(s) -> str | None:

@@ -2,7 +2,7 @@
 
 import typer
 
-from mstage.cli.app import command, first_step, session, table
+from mstage.cli.app import command, session, table
 
 COLOURS = {"ready": "green", "stale": "yellow", "missing": "red", "damaged": "red"}
 
@@ -50,7 +50,7 @@ def status(
         })
     server = _server(ws)
     result = {"workspace": str(ws.root), "artifacts": rows, "server": server,
-              "next": first_step(ws)}
+              "next": ws.next_command()}
 
     def render(console):
         def state(r):

@@ -35,7 +35,7 @@ def _refuse(kind: str, where: str, row: int, value: Any, expected: str) -> Input
                       f"{row + 1} (first data row = 1); fix that row or drop it")
 
 
-def _integers(series: Any, kind: str, where: str) -> np.ndarray | None:
+def integer_ids(series: Any, kind: str, where: str) -> np.ndarray | None:
     """int64 ids when the column holds integer ids, None when it holds text ids.
 
     Raises InputError for values that are neither: non-integral or out-of-range numbers.
@@ -99,7 +99,7 @@ class IdMap:
     def encode(self, series: Any) -> np.ndarray:
         """int64 [len(series)] ids for the raw ids of a column the map was built from."""
         if self.raw is None:
-            ints = _integers(series, self.kind, "ids")
+            ints = integer_ids(series, self.kind, "ids")
             assert ints is not None, "an integer IdMap only encodes integer ids"
             return ints
         import pandas as pd
@@ -166,7 +166,7 @@ def build_id_map(kind: str, columns: Sequence[tuple[Any, str]]) -> IdMap:
 
     as_ints = []
     for series, where in columns:
-        ints = _integers(series, kind, where)
+        ints = integer_ids(series, kind, where)
         if ints is not None and (ints == PAD).any():
             row = int(np.flatnonzero(ints == PAD)[0])
             raise InputError(f"expected {kind} ids other than {PAD} in {where} ({PAD} pads "

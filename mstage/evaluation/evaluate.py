@@ -141,21 +141,12 @@ def train_histories(data, split: str, length: int) -> Callable[[np.ndarray], np.
     """user ids [b] -> their latest `length` train item ids [b, length] (most recent first,
     -1 padded; train = every fold but TEST of `split`): what the query tower reads offline
     in place of the feature store's recent items, which also hold the test interactions."""
-    from mstage.data.lookup import IdLookup
     from mstage.data.schema import TEST, fold_column
-    from mstage.models.history import latest_items
+    from mstage.models.history import history_of
 
     positives = data.positives()
     train = positives[positives[fold_column(split)].to_numpy() != TEST]
-    users, latest = latest_items(train["user_id"].to_numpy(np.int64),
-                                 train["item_id"].to_numpy(np.int64), max(length, 1), pad=PAD)
-    lookup = IdLookup(users)
-
-    def of(user_ids: np.ndarray) -> np.ndarray:
-        rows, known = lookup.find(np.asarray(user_ids, dtype=np.int64))
-        return np.where(known[:, None], latest[rows], PAD)
-
-    return of
+    return history_of(train["user_id"].to_numpy(), train["item_id"].to_numpy(), length)
 
 
 def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table,

@@ -171,6 +171,20 @@ def catalog_size(features_dir: Path) -> int | None:
     return pq.ParquetFile(path).metadata.num_rows if path.is_file() else None
 
 
+class ItemAttributes:
+    """item ids [n] -> DataFrame of `item_id` + item features in that order (NaN rows for
+    unknown ids), from the exported table, read at the first call: what answers display."""
+
+    def __init__(self, features_dir: Path):
+        self.features_dir = features_dir
+        self._items = None
+
+    def __call__(self, item_ids):
+        if self._items is None:
+            self._items = exported_items(self.features_dir).set_index(ITEM_ID)
+        return self._items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
+
+
 def _from_offline(table, features: list[Feature]):
     """The offline item table in `items()` conventions (null lists -> [], NaN for numeric)."""
     out = table[[ITEM_ID] + [f.name for f in features]].reset_index(drop=True)

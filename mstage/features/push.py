@@ -21,7 +21,7 @@ import numpy as np
 
 from mstage.columns import PAD
 from mstage.config import DataConfig
-from mstage.errors import InputError, MstageError
+from mstage.errors import InputError, MstageError, UsageError
 from mstage.features.feast_io import feast_output_to
 from mstage.features.repo import USER_VIEW
 from mstage.features.tables import EVENT_TIMESTAMP, RECENT_ITEMS, USER_ID
@@ -117,37 +117,26 @@ def _read_csv_bytes(data: bytes, text_columns: tuple[str, ...]):
 
 
 def _internal(series, id_map, kind: str, where: str) -> np.ndarray:
-    """int64 internal ids of a column of the user's ids (text ids never seen -> 0)."""
-    from mstage.data.ids import INT64_MAX, INT64_MIN
+    """int64 internal ids of a column of the user's ids (text ids never seen -> 0), read by
+    the id contract's own rules (`mstage.data.ids`)."""
+    from mstage.data.ids import integer_ids
 
-    values = series.to_numpy()
+    column = f"column {series.name!r} of {where}"
     if series.isna().any():
         row = int(np.flatnonzero(series.isna().to_numpy())[0])
-        raise InputError(f"expected a {kind} id in every row of column {series.name!r} of "
-                         f"{where}, found a missing one in data row {row + 1}; fix that row")
+        raise InputError(f"expected a {kind} id in every row of {column}, found a missing one "
+                         f"in data row {row + 1}; fix that row")
     if id_map.is_string:
-        return id_map.to_internal([str(v) for v in values])
-    if series.dtype.kind not in "iu":
-        text = [str(v).strip() for v in values]
-        bad = next((t for t in text if not _is_int(t)), None)
-        if bad is not None:
-            raise InputError(f"expected integer {kind} ids in column {series.name!r} of "
-                             f"{where} (this workspace's ids are integers), found {bad!r}")
-        values = [int(t) for t in text]
-    ints = [int(v) for v in values]
-    bad = next((v for v in ints if v == PAD or not INT64_MIN <= v <= INT64_MAX), None)
-    if bad is not None:
-        raise InputError(f"expected {kind} ids within int64 and other than {PAD} in column "
-                         f"{series.name!r} of {where}, found {bad}")
-    return np.asarray(ints, dtype=np.int64)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+        return id_map.to_internal([str(v) for v in series.to_numpy()])
+    ints = integer_ids(series, kind, column)
+    if ints is None:  # text in a workspace of integer ids
+        try:
+            ints = np.asarray([id_map.parse(str(v)) for v in series.to_numpy()], np.int64)
+        except UsageError as e:
+            raise InputError(f"{e} in {column}") from None
+    if (ints == PAD).any():
+        raise InputError(f"expected {kind} ids other than {PAD} in {column}, found {PAD}")
+    return ints
 
 
 def to_events(df, ws: Workspace, config: DataConfig, where: str) -> Events:

@@ -33,10 +33,8 @@ class TuningQueries:
 def _user_embeddings(ws: Workspace, size: int, seed: int) -> np.ndarray:
     """Query-tower embeddings [min(size, n_users), d] of a random sample of prepared users,
     each with their latest items as history (what the online store would hold)."""
-    from mstage.columns import PAD
-    from mstage.data.lookup import IdLookup
     from mstage.data.schema import PreparedData
-    from mstage.models.history import latest_items
+    from mstage.models.history import history_of
     from mstage.models.two_tower import load_query_tower
 
     tower = load_query_tower(ws.require(Artifact.RETRIEVAL))
@@ -47,11 +45,9 @@ def _user_embeddings(ws: Workspace, size: int, seed: int) -> np.ndarray:
     history = None
     if tower.history > 0:
         positives = data.positives()
-        ids, latest = latest_items(positives["user_id"].to_numpy(np.int64),
-                                   positives["item_id"].to_numpy(np.int64), tower.history,
-                                   pad=PAD)
-        at, known = IdLookup(ids).find(users["user_id"].to_numpy(np.int64)[rows])
-        history = np.where(known[:, None], latest[at], PAD)
+        latest = history_of(positives["user_id"].to_numpy(), positives["item_id"].to_numpy(),
+                            tower.history)
+        history = latest(users["user_id"].to_numpy(np.int64)[rows])
     return tower({column: users[column].to_numpy()[rows] for column in users.columns}, history)
 
 

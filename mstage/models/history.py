@@ -10,7 +10,12 @@ online store's `recent_items` holds it at serving time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from mstage.columns import PAD
+from mstage.data.lookup import IdLookup
 
 
 def _group_positions(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,3 +54,19 @@ def latest_items(users: np.ndarray, items: np.ndarray, length: int, pad: int = 0
         valid = ends - back >= starts
         out[valid, back - 1] = items[ends[valid] - back]
     return users[starts], out
+
+
+def history_of(users: np.ndarray, items: np.ndarray, length: int
+               ) -> Callable[[np.ndarray], np.ndarray]:
+    """user ids [b] -> each one's last `length` item ids of (`users`, `items`) [b, length],
+    most recent first, PAD-padded (all PAD for a user without any): the history a query
+    tower reads offline. `users`/`items` [n] item ids, grouped by user in time order."""
+    ids, latest = latest_items(np.asarray(users, dtype=np.int64),
+                               np.asarray(items, dtype=np.int64), max(length, 1), pad=PAD)
+    lookup = IdLookup(ids)
+
+    def of(user_ids: np.ndarray) -> np.ndarray:
+        rows, known = lookup.find(np.asarray(user_ids, dtype=np.int64))
+        return np.where(known[:, None], latest[rows], PAD)
+
+    return of

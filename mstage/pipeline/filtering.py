@@ -22,6 +22,7 @@ from mstage.columns import (
     REFILLED,
     RETRIEVAL_SCORES,
     ColumnSpec,
+    in_rows,
 )
 from mstage.data.lookup import IdLookup
 from mstage.pipeline.stage import Stage
@@ -56,7 +57,7 @@ def allowed_mask(
     pos, known = catalog.find(ids)
     ok = (ids != PAD) & known & ~excluded[pos]
     if seen is not None and seen.size:
-        ok &= ~(ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
+        ok &= ~in_rows(ids, seen)
     return ok
 
 

@@ -30,6 +30,7 @@ from mstage.columns import (
 )
 from mstage.config import Config
 from mstage.errors import UsageError
+from mstage.features.online import ItemAttributes
 from mstage.pipeline.filtering import FilterCandidates
 from mstage.pipeline.ordering import OrderCandidates
 from mstage.pipeline.pipeline import Pipeline, StageTiming
@@ -135,8 +136,8 @@ class Recommender:
         self.plan = plan
         self.pipeline = Pipeline(plan)
         self.warnings = warnings or []
-        self._features_dir = features_dir
-        self._items = None
+        self.item_attributes = ItemAttributes(features_dir)
+        """item ids -> item_id + item features, for display."""
 
     @classmethod
     def from_workspace(cls, ws: Workspace, config: Config, *, candidates: int | None = None,
@@ -157,15 +158,6 @@ class Recommender:
         for _, stage in self.plan.stages:
             stage.load()
         return self
-
-    def item_attributes(self, item_ids):
-        """item_id + item features for display, in the order of `item_ids` (None without a
-        feature store)."""
-        if self._items is None:
-            from mstage.features.online import exported_items
-
-            self._items = exported_items(self._features_dir).set_index("item_id")
-        return self._items.reindex(np.asarray(item_ids, dtype=np.int64)).reset_index()
 
     def recommend(self, user_ids: np.ndarray, top_k: int, *,
                   seen: list[np.ndarray] | None = None, history: np.ndarray | None = None,

@@ -27,7 +27,9 @@ from mstage.columns import (
     USER_ID,
     USER_PREFIX,
     ColumnSpec,
+    in_rows,
 )
+from mstage.data.lookup import IdLookup
 from mstage.features.online import ONLINE_FILES
 from mstage.models import dlrm, retrieval_artifact
 from mstage.pipeline.stage import Stage
@@ -93,6 +95,8 @@ class RetrieveCandidates(Stage):
         self.index = FaissIndex.load(self.sources["index"])
         self.store = OnlineFeatures.open(self.sources["features"])
         self.forward = FeatureEncoders.load(self.sources["ranking"] / dlrm.ENCODERS_DIR)
+        # A lookup table, built once: np.isin would sort the whole list on every request.
+        self.excluded = IdLookup(self.arrays.get("excluded", np.zeros(0, dtype=np.int64)))
 
     def _search(self, embeddings: np.ndarray, n: int, seen: np.ndarray | None):
         """Faiss top-n per query ([b, n] ids and scores), skipping what filtering would drop:
@@ -102,15 +106,13 @@ class RetrieveCandidates(Stage):
         the n slots and the list be refilled from popularity. So the search fetches enough
         more (at most 4n more for rule-excluded items) and keeps the best n others, in
         order."""
-        excluded = self.arrays.get("excluded", np.zeros(0, dtype=np.int64))
         if seen is None:
             seen = np.zeros((len(embeddings), 0), dtype=np.int64)
-        extra = seen.shape[1] + min(len(excluded), 4 * n)
+        extra = seen.shape[1] + min(len(self.excluded), 4 * n)
         if not extra:
             return self.index.search(embeddings, n)
         ids, scores = self.index.search(embeddings, n + extra)
-        drop = (ids[:, :, None] == np.where(seen == PAD, -2, seen)[:, None, :]).any(axis=2)
-        drop |= np.isin(ids, excluded)
+        drop = in_rows(ids, seen) | self.excluded.find(ids)[1]
         order = np.argsort(drop, axis=1, kind="stable")[:, :n]
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
         dropped = np.take_along_axis(drop, order, 1)

@@ -20,3 +20,11 @@ def test_latest_items_are_each_users_last_most_recent_first():
     assert ids.tolist() == [1, 2] and latest.tolist() == [[12, 11], [20, 0]]
     _, raw = latest_items(users, items, 3, pad=-1)
     assert raw.tolist() == [[12, 11, 10], [20, -1, -1]] and raw.dtype == np.int64
+
+
+def test_history_of_answers_any_user_and_pads_the_unknown():
+    from mstage.models.history import history_of
+
+    of = history_of(np.array([1, 1, 2]), np.array([10, 11, 20]), 2)
+    # user 1: 11 then 10; user 7 never interacted: all padding
+    assert of(np.array([7, 1, 2])).tolist() == [[-1, -1], [11, 10], [20, -1]]

@@ -215,3 +215,17 @@ def test_staging_left_by_a_killed_command_is_removed_by_the_next_lock(tmp_path):
     (leftover / "query_tower.bin").write_bytes(b"x" * 100)
     publish(ws, Artifact.DATA)
     assert not leftover.exists()
+
+
+def test_next_command_skips_an_artifact_whose_raw_input_is_gone(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    events = tmp_path / "events"  # a partitioned data set: a directory of files
+    events.mkdir()
+    (events / "part-0.parquet").write_bytes(b"rows")
+    publish(ws, Artifact.DATA, files={"interactions": events})
+    assert ws.state(Artifact.DATA) == ("ready", "")
+    (events / "part-0.parquet").unlink()
+    events.rmdir()
+    assert ws.state(Artifact.DATA)[0] == "stale"
+    # rebuilding data would fail for want of its input: the next usable step is named
+    assert ws.next_command() == "mstage train-retrieval"
