@@ -114,7 +114,8 @@ class RankingConfig:
     the data has no click labels. Adam by default: on these small ranking tables it reaches
     its best validation AUC in 2-4 epochs where Adagrad needs 7 or more. `epochs` is the most
     the validation phase runs; early stopping on validation AUC (after `patience` epochs without
-    gain) picks the count used to refit on all of train."""
+    gain) picks the count used to refit on all of train. `history` is how many of the user's
+    latest positive items the ranker reads beside the candidate (0: none)."""
 
     epochs: int = 10
     batch_size: int = 1024
@@ -125,8 +126,11 @@ class RankingConfig:
     optimizer: str = "adam"
     patience: int = 2
     split: str = "user-temporal"
+    history: int = 50
 
     def __post_init__(self) -> None:
+        if not 0 <= self.history <= 1000:
+            raise ConfigError(f"expected ranking.history in 0..1000, found {self.history}")
         _positive("ranking", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
                   negatives=self.negatives, patience=self.patience)

@@ -12,6 +12,12 @@ Network, with d = embedding dim:
 - bottom MLP over the numeric features plus a constant 1 -> [b, d]; the constant makes
   the bottom vector a learned bias even without numeric features, so its dot product with
   the item embedding acts as a per-item bias;
+- with a history of length L > 0 (`history`: the user's latest positive items, encoded
+  item indices [b, L], most recent first, 0-padded), the history is embedded with the
+  item-id table and pooled twice: by target attention (softmax over positions of the
+  history items' dot products with the candidate, as in DIN) and by a plain mean; both
+  pooled vectors join the interaction, and the largest candidate-history dot product joins
+  the top MLP (the item-to-item similarity signal of neighbourhood models);
 - pairwise dot products of all F vectors ([b, F, d] -> [b, F(F-1)/2]), concatenated with
   the bottom vector, through the top MLP -> one logit per row; sigmoid = click probability.
 """
@@ -26,13 +32,14 @@ from typing import Any
 import numpy as np
 
 from mstage.errors import InputError
-from mstage.models.encoders import FeatureEncoders, FeatureSpec
+from mstage.models.encoders import ITEM_ID, FeatureEncoders, FeatureSpec
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 SAVED_MODEL_DIR = "saved_model"
 ENCODERS_DIR = "encoders"
 PARAMS_FILE = "params.json"
 OUTPUT = "probability"
+HISTORY = "history"
 BOTTOM_UNITS = (64,)
 TOP_UNITS = (128, 64)
 PREDICT_BATCH = 8192
@@ -54,11 +61,12 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
         dense = layers.Dense(units, activation="relu")(dense)
     bottom = layers.Dense(embedding_dim, name="bottom_out")(dense)  # [b, d]
 
-    vectors = [bottom]
+    vectors, tables, extra = [bottom], {}, []
     for s in specs:
-        if s.kind == "numeric":
+        if s.kind in ("numeric", "history"):
             continue
-        table = layers.Embedding(s.cardinality, embedding_dim, name=f"emb_{s.name}")
+        table = tables[s.name] = layers.Embedding(s.cardinality, embedding_dim,
+                                                  name=f"emb_{s.name}")
         x = inputs[s.name]
         if s.kind == "multi":
             mask = ops.expand_dims(ops.cast(ops.greater(x, 0), "float32"), -1)  # [b, L, 1]
@@ -66,16 +74,39 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
             vectors.append(summed / ops.maximum(ops.sum(mask, axis=1), 1.0))
         else:
             vectors.append(table(x))
+    if HISTORY in inputs:
+        pooled, closest = _history_pooling(tables[ITEM_ID], inputs[HISTORY],
+                                           tables[ITEM_ID](inputs[ITEM_ID]), embedding_dim)
+        vectors.extend(pooled)
+        extra.append(closest)
     stacked = ops.stack(vectors, axis=1)  # [b, F, d]
     n = len(vectors)
     gram = ops.reshape(ops.matmul(stacked, ops.transpose(stacked, (0, 2, 1))), (-1, n * n))
     upper_i, upper_j = np.triu_indices(n, k=1)
     dots = ops.take(gram, (upper_i * n + upper_j).astype("int32"), axis=1)  # [b, n(n-1)/2]
-    top = ops.concatenate([bottom, dots], axis=1)
+    top = ops.concatenate([bottom, dots, *extra], axis=1)
     for units in top_units:
         top = layers.Dense(units, activation="relu")(top)
     logit = ops.reshape(layers.Dense(1)(top), (-1,))
     return keras.Model(inputs=inputs, outputs=logit, name="dlrm")
+
+
+def _history_pooling(table, history, target, dim: int):
+    """([attended [b, d], mean [b, d]], closest [b, 1]) for a history [b, L] of item indices
+    and the candidates' embeddings `target` [b, d]; an empty history gives zeros."""
+    from keras import ops
+
+    embedded = table(history)  # [b, L, d]
+    mask = ops.cast(ops.greater(history, 0), "float32")  # [b, L]
+    affinity = ops.sum(embedded * ops.expand_dims(target, 1), axis=-1) / float(np.sqrt(dim))
+    masked = ops.where(mask > 0, affinity, -1e9)
+    weights = ops.softmax(masked, axis=-1) * mask  # all-padding rows weigh nothing
+    attended = ops.sum(ops.expand_dims(weights, -1) * embedded, axis=1)
+    count = ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
+    mean = ops.sum(embedded * ops.expand_dims(mask, -1), axis=1) / count
+    any_item = ops.max(mask, axis=1, keepdims=True)
+    closest = ops.max(masked, axis=1, keepdims=True) * any_item  # 0 without a history
+    return [attended, mean], closest
 
 
 def input_signature(specs: list[FeatureSpec]) -> dict[str, Any]:
@@ -85,9 +116,17 @@ def input_signature(specs: list[FeatureSpec]) -> dict[str, Any]:
             for s in specs}
 
 
-def model_specs(encoders: FeatureEncoders) -> list[FeatureSpec]:
-    """The model's inputs: user side then item side, ids first (see encoders.FeatureSpec)."""
-    return encoders.specs("user") + encoders.specs("item")
+def model_specs(encoders: FeatureEncoders, history: int = 0) -> list[FeatureSpec]:
+    """The model's inputs: user side then item side, ids first (see encoders.FeatureSpec),
+    then the `history` of item indices [L] when L = `history` > 0."""
+    specs = encoders.specs("user") + encoders.specs("item")
+    if history > 0 and any(s.name == HISTORY for s in specs):
+        raise InputError(f"expected no feature named {HISTORY!r} beside the ranker's history "
+                         "input; rename that column, or set [ranking] history = 0")
+    if history > 0:
+        items = next(s for s in specs if s.name == ITEM_ID)
+        specs.append(FeatureSpec(HISTORY, "history", "int64", (history,), items.cardinality))
+    return specs
 
 
 def export_dlrm(model, encoders: FeatureEncoders, directory: Path, params: dict[str, Any]) -> None:
@@ -95,7 +134,7 @@ def export_dlrm(model, encoders: FeatureEncoders, directory: Path, params: dict[
     float32 [b]}), `encoders/` and `params.json` into `directory`; nothing is pickled."""
     tf = import_tensorflow()
 
-    specs = model_specs(encoders)
+    specs = model_specs(encoders, int(params.get("history", 0)))
 
     class DlrmServing(tf.Module):
         def __init__(self, keras_model):
@@ -153,16 +192,17 @@ class RankingScorer:
         scorer._module = loaded  # the signature's variables live as long as the module
         return scorer
 
-    def score(self, user_features: Mapping[str, Any],
-              item_features: Mapping[str, Any]) -> np.ndarray:
+    def score(self, user_features: Mapping[str, Any], item_features: Mapping[str, Any],
+              history: np.ndarray | None = None) -> np.ndarray:
         """float32 [n] click probabilities.
 
         `user_features`: `user_id` (int64 ids) and every user feature, raw (category strings,
         numbers, lists or "a|b" strings for multi-valued), each of length n or 1 (one user
         scored against n candidates). `item_features`: `item_id` and every item feature,
-        length n.
+        length n. `history`: item ids [1 or n, L], most recent first, -1 padded (None: none).
         """
-        return self.score_with_encoded_items(user_features, self.encode_items(item_features))
+        return self.score_with_encoded_items(user_features, self.encode_items(item_features),
+                                             history)
 
     def encode_items(self, item_features: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Encoded item inputs for n raw item rows. Encoding strings costs ~10 us per item,
@@ -171,9 +211,19 @@ class RankingScorer:
         return self.encoders.encode_items(item_features)
 
     def score_with_encoded_items(self, user_features: Mapping[str, Any],
-                                 encoded_items: Mapping[str, np.ndarray]) -> np.ndarray:
-        """float32 [n]: raw user features (1 or n rows) against n already-encoded items."""
+                                 encoded_items: Mapping[str, np.ndarray],
+                                 history: np.ndarray | None = None) -> np.ndarray:
+        """float32 [n]: raw user features and history (1 or n rows) against n encoded items."""
         users = self.encoders.encode_users(user_features)
+        width = int(self.params.get("history", 0))
+        if width > 0:
+            encoded = self.encode_history(
+                np.full((1, width), -1) if history is None else history, width)
+            rows = len(users["user_id"])
+            if len(encoded) not in (1, rows):
+                raise InputError(f"expected a history of 1 or {rows} rows (one per user row), "
+                                 f"found {len(encoded)}")
+            users[HISTORY] = np.broadcast_to(encoded, (rows, width))
         n = len(encoded_items["item_id"])
         if len(users["user_id"]) == 1 and n != 1:
             users = {k: np.repeat(v, n, axis=0) for k, v in users.items()}
@@ -183,6 +233,14 @@ class RankingScorer:
                 f"{len(users['user_id'])}; pass one user, or one user row per candidate"
             )
         return self.score_encoded({**users, **encoded_items})
+
+    def encode_history(self, item_ids: np.ndarray, width: int) -> np.ndarray:
+        """Item ids [b, R] (-1 padded) -> the model's history input [b, width]: encoded item
+        indices, 0 for padding and unknown items."""
+        ids = np.atleast_2d(np.asarray(item_ids, dtype=np.int64))[:, :width]
+        out = np.zeros((len(ids), width), dtype=np.int64)
+        out[:, :ids.shape[1]] = self.encoders.item_ids.lookup(ids.ravel()).reshape(ids.shape)
+        return out
 
     def score_encoded(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """float32 [n] from already-encoded inputs (the SavedModel's own signature)."""

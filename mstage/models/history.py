@@ -27,18 +27,40 @@ def _group_positions(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(len(users)) - np.repeat(starts, sizes), starts
 
 
+class Timeline:
+    """Users' positive items, flat in (user, time) order; a row's history is the slice
+    `items[start:end]` read backwards, so [n, L] history matrices need never be stored."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, positive: np.ndarray | None = None):
+        """`users`/`items` [n] grouped by user in time order; `positive` [n] marks the rows
+        whose items enter histories (all when None). `start`/`end` [n]: each row's prior
+        positives; `group_start`/`group_end` [u]: each user's whole timeline."""
+        items = np.asarray(items)
+        keep = np.ones(len(items), bool) if positive is None else np.asarray(positive, bool)
+        self.items = items[keep]
+        self.end = np.cumsum(keep) - keep  # positives before each row, over all users
+        position, starts = _group_positions(users)
+        self.start = self.end[np.arange(len(items)) - position]
+        self.group_start = self.start[starts] if len(starts) else self.end[:0]
+        last = np.r_[starts[1:], len(items)] - 1 if len(starts) else starts
+        self.group_end = self.end[last] + keep[last]
+
+    def window(self, start: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:
+        """[b, length]: items[end-1], items[end-2], ... down to items[start], 0-padded: the
+        latest `length` items of each slice, most recent first."""
+        at = np.asarray(end)[:, None] - np.arange(1, length + 1)
+        valid = at >= np.asarray(start)[:, None]
+        if not self.items.size:
+            return np.zeros(at.shape, dtype=np.int32)
+        return np.where(valid, self.items[np.maximum(at, 0)], 0).astype(np.int32)
+
+
 def prior_items(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
     """int32 [n, length]: for row j, the items of rows j-1, j-2, ... of the same user (the
     interactions before it), most recent first, 0-padded. `users`/`items` [n], grouped by
     user in time order; `items` are encoded indices (> 0)."""
-    items = np.asarray(items)
-    position, _ = _group_positions(users)
-    out = np.zeros((len(items), length), dtype=np.int32)
-    rows = np.arange(len(items))
-    for back in range(1, length + 1):
-        valid = position >= back
-        out[valid, back - 1] = items[rows[valid] - back]
-    return out
+    timeline = Timeline(users, items)
+    return timeline.window(timeline.start, timeline.end, length)
 
 
 def latest_items(users: np.ndarray, items: np.ndarray, length: int, pad: int = 0

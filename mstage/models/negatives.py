@@ -78,11 +78,13 @@ class NegativeSampler:
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`per_user_row` negatives for each entry of `users` (dense indices), never a positive.
 
-        Returns (neg_users, neg_items), both (M,) int64 with M <= len(users) * per_user_row:
-        draws still rejected after `max_rounds` (a user who interacted with nearly the whole
-        catalog) are dropped rather than returned as false negatives.
+        Returns (origin, neg_items), both (M,) int64 with M <= len(users) * per_user_row:
+        negative m was drawn for `users[origin[m]]`. Draws still rejected after `max_rounds`
+        (a user who interacted with nearly the whole catalog) are dropped rather than
+        returned as false negatives.
         """
-        neg_users = np.repeat(users.astype(np.int64), per_user_row)
+        origin = np.repeat(np.arange(len(users), dtype=np.int64), per_user_row)
+        neg_users = np.asarray(users, dtype=np.int64)[origin]
         neg_items = self.draw(neg_users.size, rng)
         rejected = positives.contains(neg_users, neg_items)
         for _ in range(self.max_rounds):
@@ -92,4 +94,4 @@ class NegativeSampler:
             neg_items[where] = self.draw(where.size, rng)
             rejected[where] = positives.contains(neg_users[where], neg_items[where])
         keep = ~rejected
-        return neg_users[keep], neg_items[keep]
+        return origin[keep], neg_items[keep]

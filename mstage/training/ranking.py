@@ -21,6 +21,7 @@ from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.dlrm import (
     BOTTOM_UNITS,
+    HISTORY,
     PREDICT_BATCH,
     TOP_UNITS,
     build_dlrm,
@@ -28,7 +29,7 @@ from mstage.models.dlrm import (
     input_signature,
     model_specs,
 )
-from mstage.models.encoders import FeatureEncoders
+from mstage.models.encoders import ITEM_ID, FeatureEncoders
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 from mstage.progress import SILENT, Reporter
 from mstage.training.core import (
@@ -94,22 +95,30 @@ class RankingRun:
 
 @dataclass
 class Rows:
-    """Labelled (user, item) rows as positions in the encoded tables; all arrays [n]."""
+    """Labelled (user, item) rows as positions in the encoded tables, and each row's history
+    as the slice [history_start, history_end) of the problem's Timeline; all arrays [n]."""
 
     user_rows: np.ndarray
     item_rows: np.ndarray
     labels: np.ndarray  # float32, 1 = click / positive
+    history_start: np.ndarray | None = None  # None: no history (empty slices)
+    history_end: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("history_start", "history_end"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(len(self.labels), dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, index: np.ndarray) -> Rows:
-        return Rows(self.user_rows[index], self.item_rows[index], self.labels[index])
+        return Rows(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
     @staticmethod
     def concat(*parts: Rows) -> Rows:
-        return Rows(*(np.concatenate([getattr(p, f) for p in parts])
-                      for f in ("user_rows", "item_rows", "labels")))
+        return Rows(*(np.concatenate([getattr(p, f.name) for p in parts])
+                      for f in dataclasses.fields(Rows)))
 
 
 def _lookup_rows(lookup: IdLookup, ids: np.ndarray) -> np.ndarray:
@@ -124,7 +133,8 @@ def _with_unknown_row(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class RankingProblem:
-    """Encoded user / item tables and the labelled rows of one (train, evaluation) fold pair.
+    """Encoded user / item tables and the labelled rows of one (train, evaluation) fold pair,
+    with each row's history of `history` items.
 
     Train rows are the train fold's rows (impressions with their clicks, or positives on
     implicit data) plus `negatives` catalog items sampled per positive, drawn afresh every
@@ -134,10 +144,16 @@ class RankingProblem:
     fold's impressions on labelled data (comparable with the item-CTR baseline); on implicit
     data its positives on train-catalog items plus negatives drawn once with a fixed seed,
     excluding every positive of the user up to and including the evaluation fold.
+
+    Histories hold positives only (clicks on labelled data) and never look ahead: a train row
+    sees the user's train positives before it; an evaluation row sees the user's latest train
+    positives, as the online store would hold them; a sampled negative shares the history of
+    the positive it was drawn for.
     """
 
     def __init__(self, data, train_mask: np.ndarray, eval_mask: np.ndarray,
-                 known_mask: np.ndarray, negatives: int, eval_seed: int):
+                 known_mask: np.ndarray, negatives: int, eval_seed: int, history: int = 0):
+        from mstage.models.history import Timeline
         from mstage.models.negatives import NegativeSampler, PositiveSet
 
         frame = data.interactions
@@ -151,18 +167,29 @@ class RankingProblem:
         self.item_ids = items["item_id"].to_numpy(dtype=np.int64)
         self.users = _with_unknown_row(self.encoders.encode_users(users))
         self.items = _with_unknown_row(self.encoders.encode_items(items))
-        self.negatives = negatives
+        self.negatives, self.history = negatives, history
         user_lookup, item_lookup = IdLookup(self.user_ids), IdLookup(self.item_ids)
+        no_history = np.zeros(len(self.user_ids) + 1, dtype=np.int64)
 
-        def rows_of(mask: np.ndarray) -> Rows:
+        def rows_of(mask: np.ndarray, start=no_history, end=no_history) -> Rows:
+            """The rows of `mask`; a user's history is [start, end) of their user row."""
             part = frame[mask]
-            return Rows(_lookup_rows(user_lookup, part["user_id"].to_numpy()),
-                        _lookup_rows(item_lookup, part["item_id"].to_numpy()),
-                        part["label"].to_numpy().astype(np.float32))
+            users = _lookup_rows(user_lookup, part["user_id"].to_numpy())
+            return Rows(users, _lookup_rows(item_lookup, part["item_id"].to_numpy()),
+                        part["label"].to_numpy().astype(np.float32), start[users], end[users])
 
-        self._train_rows = rows_of(train_mask)
+        train = rows_of(train_mask)
+        self.timeline = Timeline(train.user_rows, self.items[ITEM_ID][train.item_rows],
+                                 train.labels == 1)
+        train.history_start, train.history_end = self.timeline.start, self.timeline.end
+        latest_start, latest_end = no_history.copy(), no_history.copy()
+        grouped = train.user_rows[np.r_[True, train.user_rows[1:] != train.user_rows[:-1]]] \
+            if len(train) else train.user_rows
+        latest_start[grouped] = self.timeline.group_start
+        latest_end[grouped] = self.timeline.group_end
+        self._train_rows = train
         self._train_positives = self._train_rows.take(self._train_rows.labels == 1)
-        evaluation = rows_of(eval_mask)
+        evaluation = rows_of(eval_mask, latest_start, latest_end)
         n_rows = len(self.item_ids) + 1
         counts = np.bincount(self._train_positives.item_rows, minlength=n_rows)
         counts[-1] = 0  # the unknown row is never a candidate
@@ -183,9 +210,11 @@ class RankingProblem:
                                               np.random.default_rng(eval_seed))
 
     def _negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
-        """`negatives` sampled catalog items per positive row, never a known positive."""
-        neg_users, neg_items = self.sampler.sample(positives.user_rows, self.negatives, known, rng)
-        return Rows(neg_users, neg_items, np.zeros(len(neg_users), dtype=np.float32))
+        """`negatives` sampled catalog items per positive row, never a known positive, each
+        with the history of the positive it was drawn for."""
+        origin, items = self.sampler.sample(positives.user_rows, self.negatives, known, rng)
+        return dataclasses.replace(positives.take(origin), item_rows=items,
+                                   labels=np.zeros(len(items), dtype=np.float32))
 
     def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
         return Rows.concat(positives, self._negatives(positives, known, rng))
@@ -201,10 +230,15 @@ class RankingProblem:
                            self._negatives(self._train_positives, self._train_known, rng))
 
     def features(self, rows: Rows, index: np.ndarray | slice) -> dict[str, np.ndarray]:
-        """Encoded model inputs for rows[index]: user table and item table gathered."""
+        """Encoded model inputs for rows[index]: user table and item table gathered, and the
+        rows' histories with a history."""
         u, i = rows.user_rows[index], rows.item_rows[index]
-        return {**{k: v[u] for k, v in self.users.items()},
-                **{k: v[i] for k, v in self.items.items()}}
+        features = {**{k: v[u] for k, v in self.users.items()},
+                    **{k: v[i] for k, v in self.items.items()}}
+        if self.history > 0:
+            features[HISTORY] = self.timeline.window(
+                rows.history_start[index], rows.history_end[index], self.history).astype(np.int64)
+        return features
 
 
 class ItemRateBaseline:
@@ -239,7 +273,7 @@ class Trainer:
 
         keras.utils.set_random_seed(config.seed)
         self.problem, self.config = problem, config
-        specs = model_specs(problem.encoders)
+        specs = model_specs(problem.encoders, problem.history)
         self.model = build_dlrm(specs, config.embedding_dim)
         variables = self.model.trainable_variables
         self.optimizer = make_optimizer(config.optimizer, config.learning_rate, variables,
@@ -331,7 +365,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
 
     def validation() -> Phase | None:
         problem = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
-                                 config.negatives, VALID_NEGATIVES_SEED)
+                                 config.negatives, VALID_NEGATIVES_SEED, config.history)
         fit_rows = problem.given_rows(np.random.default_rng(config.seed))
         _check_labels(fit_rows, "FIT")
         if not _has_both_classes(problem.eval_rows):
@@ -346,7 +380,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
 
     def refit() -> Phase:
         final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
-                               config.negatives, TEST_NEGATIVES_SEED)
+                               config.negatives, TEST_NEGATIVES_SEED, config.history)
         first_rows = final.given_rows(np.random.default_rng(config.seed))
         _check_labels(first_rows, "train")
         test = final.eval_rows
@@ -383,7 +417,8 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
         valid_positives=valid.get("positives", 0),
     )
     params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
-              "top_units": list(TOP_UNITS), "epochs_trained": training.best_epoch,
+              "top_units": list(TOP_UNITS), "history": config.history,
+              "epochs_trained": training.best_epoch,
               "labelled": final.labelled, "split": config.split}
     export_dlrm(trainer.model, final.encoders, Path(out_dir), params)
     return run
