@@ -28,6 +28,9 @@ the store holds (pushed by `mstage push-events`), not the popularity fallback.""
 HISTORY = "history"
 """Optional: item ids [B, L] the query tower reads instead of the store's recent items
 (offline evaluation passes each user's train history: the store also holds test items)."""
+QUERY_HISTORY = "query_history"
+"""Retrieval -> scoring: the item ids [B, L] the query read (the `history` given, else the
+store's recent items), most recent first, PAD-padded; the ranker reads them too."""
 FILTERED_IDS, FILTERED_SCORES, REFILLED = "filtered_ids", "filtered_scores", "refilled"
 RANKING_SCORES = "ranking_scores"
 ITEM_IDS, SCORES, FALLBACK = "item_ids", "scores", "fallback"

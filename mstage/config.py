@@ -209,13 +209,18 @@ class FilteringConfig:
     category_column: str = "category"
 
 
+DEFAULT_RETRIEVAL_WEIGHT = 10.0
+"""The blend weight of a ranker trained without retrieval's validation candidates."""
+
+
 @dataclass(frozen=True)
 class OrderingConfig:
     """How the final list is ordered: `topk` or `softmax` sampling (weights exp(score / T),
     seeded per user), optionally at most `category_cap` items per `category_column`.
 
     The score ordered by is the ranker's click logit plus `retrieval_weight` times the
-    retrieval score; 10 was best on the sample data (docs/pipeline.md), 0 is the ranker alone.
+    retrieval score (0 is the ranker alone). Unset, it is the weight `train-ranking` chose on
+    validation (docs/pipeline.md), or DEFAULT_RETRIEVAL_WEIGHT for a ranker that chose none.
     """
 
     strategy: str = "topk"
@@ -223,7 +228,7 @@ class OrderingConfig:
     category_cap: int = 0
     category_column: str = "category"
     seed: int = 0
-    retrieval_weight: float = 10.0
+    retrieval_weight: float | None = None
 
     def __post_init__(self) -> None:
         _one_of("ordering", strategy=(self.strategy, ("topk", "softmax")))
@@ -231,7 +236,7 @@ class OrderingConfig:
         _positive("ordering", temperature=self.temperature)
         if self.category_cap < 0:
             raise ConfigError(f"expected ordering.category_cap >= 0, found {self.category_cap}")
-        if not 0 <= self.retrieval_weight < math.inf:
+        if self.retrieval_weight is not None and not 0 <= self.retrieval_weight < math.inf:
             raise ConfigError(
                 f"expected ordering.retrieval_weight >= 0, found {self.retrieval_weight}")
 
@@ -294,8 +299,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"expected a list for {where}, found {value!r}")
         return [_check_type(v, inner, where) for v in value]
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported annotation {annotation}")
+    if origin in (typing.Union, types.UnionType):  # `X | None`: TOML has no null, so an X
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _check_type(value, inner, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is not bool and isinstance(value, bool) or not isinstance(value, annotation):

@@ -180,15 +180,36 @@ def load_eval_set(data, split: str = "user-temporal", phase: str = "test") -> Ev
     return build_eval_set(data.interactions, split, phase)
 
 
+@dataclass
+class TopLists:
+    """Each evaluated user's best `n` catalog items (train items excluded), filled by
+    `evaluate_scores`: item ids int64 [users, n] (PAD padded) and their float32 scores."""
+
+    n: int
+    item_ids: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def add(self, top_cols: np.ndarray, top_ids: np.ndarray, scores: np.ndarray) -> None:
+        cols = top_cols[:, :self.n]
+        kept = np.take_along_axis(scores, np.maximum(cols, 0), axis=1).astype(np.float32)
+        parts = [np.where(cols >= 0, top_ids[:, :self.n], PAD), np.where(cols >= 0, kept, -np.inf)]
+        if self.item_ids is not None:
+            parts = [np.concatenate([old, new]) for old, new in
+                     zip((self.item_ids, self.scores), parts, strict=True)]
+        self.item_ids, self.scores = parts[0], parts[1].astype(np.float32)
+
+
 def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DEFAULT_KS,
                     batch_size: int = 1024, reporter: Reporter = SILENT,
-                    per_user: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                    per_user: dict[str, np.ndarray] | None = None,
+                    top_lists: TopLists | None = None) -> dict[str, float]:
     """Exact top-k metrics of score_fn(user_ids int64 [b]) -> float [b, n_catalog] over the
     evaluated users, with each user's train items excluded and ties to the smaller item id.
     Batches hold at most batch_size users and MAX_BATCH_CELLS scores.
 
     Returns {"recall@k", "ndcg@k", "hitrate@k", "coverage@k" for k in ks, "users": n};
-    `per_user`, when given, receives each metric's value per user (for intervals).
+    `per_user`, when given, receives each metric's value per user (for intervals), and
+    `top_lists` each user's best `top_lists.n` items from the same pass.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -200,7 +221,7 @@ def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DE
             f"({eval_set.phase}), found none; users need train interactions and unseen "
             "test items from the train catalog - use more data or the user-temporal split"
         )
-    k_max = max(ks)
+    k_max = max(ks + ([top_lists.n] if top_lists else []))
     batch_size = max(1, min(batch_size, MAX_BATCH_CELLS // max(eval_set.n_catalog, 1)))
     totals = MetricTotals(ks, eval_set.n_catalog)
     with reporter.task("evaluate", total=n_users) as task:
@@ -216,6 +237,8 @@ def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DE
             top = top_k_columns(scores, k_max, rows, cols)
             top_ids = np.where(top == PAD, PAD, eval_set.catalog[np.maximum(top, 0)])
             totals.add(top, top_ids, eval_set.relevant_sets.rows(start, start + len(users)))
+            if top_lists is not None:
+                top_lists.add(top, top_ids, scores)
             task.advance(len(users))
     if per_user is not None:
         per_user.update(totals.per_user())

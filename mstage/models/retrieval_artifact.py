@@ -1,9 +1,11 @@
 """The retrieval artifact's layout: the only module naming its files; their readers and writers.
 
 `workspace/retrieval/` holds `query_tower/` and `item_tower/` (SavedModels), `encoders/`,
-`params.json` (tower shapes, the similarity the towers were trained for, training settings)
-and `item_embeddings.parquet` (`item_id` int64, `embedding` list<float32>, one row per item).
-Serving reads the query side only (`QUERY_FILES`); `build-index` reads the item embeddings.
+`params.json` (tower shapes, the similarity the towers were trained for, training settings),
+`item_embeddings.parquet` (`item_id` int64, `embedding` list<float32>, one row per item) and
+`validation_candidates.npz` (what the validation-phase model retrieved for the validation
+users, with which `train-ranking` chooses the ordering blend). Serving reads the query side
+only (`QUERY_FILES`); `build-index` reads the item embeddings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ITEM_TOWER = "item_tower"
 ENCODERS_DIR = "encoders"
 PARAMS_FILE = "params.json"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
+VALIDATION_CANDIDATES = "validation_candidates.npz"
 QUERY_FILES = (QUERY_TOWER, ENCODERS_DIR, PARAMS_FILE)
 """What serving reads of a retrieval artifact: the query side only."""
 
@@ -34,12 +37,46 @@ class ItemEmbeddings:
     path: Path
 
 
+@dataclass
+class ValidationCandidates:
+    """Candidates of the model trained on FIT only, for held-out VALID users: user ids [u],
+    item ids [u, n] best first (-1 padded, the users' FIT items excluded), their retrieval
+    scores [u, n], and the split whose folds these are."""
+
+    split: str
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    scores: np.ndarray
+
+
+def write_validation_candidates(directory: Path, candidates: ValidationCandidates) -> None:
+    np.savez(Path(directory) / VALIDATION_CANDIDATES, split=np.array(candidates.split),
+             user_ids=candidates.user_ids, item_ids=candidates.item_ids,
+             scores=candidates.scores)
+
+
+def read_validation_candidates(directory: Path) -> ValidationCandidates | None:
+    """The artifact's validation candidates; None when it has none (trained without a
+    validation phase, or by an earlier mstage)."""
+    path = Path(directory) / VALIDATION_CANDIDATES
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return ValidationCandidates(str(saved["split"]), saved["user_ids"],
+                                        saved["item_ids"], saved["scores"])
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"expected validation candidates in {path}, found unreadable data "
+                         f"({e}); run `mstage train-retrieval` again") from None
+
+
 def has_query_tower(directory: Path) -> bool:
     return (Path(directory) / QUERY_TOWER).is_dir()
 
 
 def read_params(directory: Path) -> dict[str, Any]:
-    """params.json of a retrieval artifact ({} when absent); InputError when unreadable."""
+    """params.json of a model artifact, retrieval or ranking ({} when absent); InputError when
+    unreadable."""
     path = Path(directory) / PARAMS_FILE
     if not path.is_file():
         return {}

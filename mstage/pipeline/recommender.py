@@ -28,7 +28,7 @@ from mstage.columns import (
     TOP_K,
     USER_ID,
 )
-from mstage.config import Config
+from mstage.config import DEFAULT_RETRIEVAL_WEIGHT, Config
 from mstage.errors import UsageError
 from mstage.features.online import ItemAttributes
 from mstage.pipeline.filtering import FilterCandidates
@@ -94,6 +94,7 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
     serving.top_k size the lists). Loads no model: imports neither TensorFlow nor Feast."""
     from mstage.features.online import StoreSpec, exported_items
     from mstage.models.dlrm import ENCODERS_DIR
+    from mstage.models.retrieval_artifact import read_params
     from mstage.models.encoders import FeatureEncoders
 
     paths = {a: ws.require(a) for a in SERVED_ARTIFACTS}
@@ -108,20 +109,27 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
     encoders = FeatureEncoders.load(paths[Artifact.RANKING] / ENCODERS_DIR)
     user_features = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
                      for s in encoders.specs("user")]
+    ranker = read_params(paths[Artifact.RANKING])
     filtering = FilterCandidates.from_catalog(
         items, popular, {**asdict(config.filtering), "candidates": n, "min_candidates": k})
     excluded = filtering.arrays["item_ids"][filtering.arrays["excluded"]]
     retrieval = RetrieveCandidates(
         {"candidates": n, "recent_items": StoreSpec.load(paths[Artifact.FEATURES]).recent_items,
-         "user_features": user_features, "exclude_seen": config.filtering.exclude_seen},
+         "user_features": user_features, "exclude_seen": config.filtering.exclude_seen,
+         "query_history": int(ranker.get("history", 0))},
         {"popular": popular, "excluded": np.sort(excluded)},
         {"retrieval": paths[Artifact.RETRIEVAL], "index": paths[Artifact.INDEX],
          "features": paths[Artifact.FEATURES], "ranking": paths[Artifact.RANKING]})
     scoring = ScoreCandidates.from_catalog(
-        items, encoders, {"width": filtering.width, "user_features": user_features},
+        items, encoders, {"width": filtering.width, "user_features": user_features,
+                          "history": int(ranker.get("history", 0))},
         paths[Artifact.RANKING])
+    weight = config.ordering.retrieval_weight
+    if weight is None:
+        weight = float(ranker.get("retrieval_weight", DEFAULT_RETRIEVAL_WEIGHT))
     ordering = OrderCandidates.from_catalog(
-        items, {**asdict(config.ordering), "top_k": k, "width": filtering.width})
+        items, {**asdict(config.ordering), "retrieval_weight": weight, "top_k": k,
+                "width": filtering.width})
     return Plan([("retrieval", retrieval), ("filtering", filtering), ("scoring", scoring),
                  ("ordering", ordering)])
 

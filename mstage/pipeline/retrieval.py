@@ -22,6 +22,7 @@ from mstage.columns import (
     HISTORY,
     HISTORY_ONLY,
     PAD,
+    QUERY_HISTORY,
     RECENT_ITEMS,
     RETRIEVAL_SCORES,
     USER_ID,
@@ -62,7 +63,8 @@ class RetrieveCandidates(Stage):
     """sources: `retrieval` (query tower), `index` (Faiss), `features` (online store),
     `ranking` (the ranker's encoders, for the user features passed on).
     params: `candidates` (N), `recent_items` (width), `user_features` (the ranker's encoded
-    user inputs), `exclude_seen` (skip the history's items in the search, as filtering would
+    user inputs), `query_history` (width of the history passed on to the ranker; 0: none),
+    `exclude_seen` (skip the history's items in the search, as filtering would
     drop them). arrays: `popular` (item ids, most popular first), `excluded` (item ids the
     business rules exclude, skipped in the search)."""
 
@@ -83,7 +85,12 @@ class RetrieveCandidates(Stage):
             ColumnSpec(RECENT_ITEMS, "int64", (-1, int(self.params["recent_items"]))),
             ColumnSpec(COLD_START, "int8"),
             ColumnSpec(HISTORY_ONLY, "int8"),
+            *self._history_column(),
         ] + user_columns(self.params["user_features"])
+
+    def _history_column(self) -> list[ColumnSpec]:
+        width = int(self.params.get("query_history", 0))
+        return [ColumnSpec(QUERY_HISTORY, "int64", (-1, width))] if width else []
 
     def _open(self) -> None:
         from mstage.features.online import OnlineFeatures
@@ -146,7 +153,12 @@ class RetrieveCandidates(Stage):
             ids[cold, : len(popular)] = popular
             scores[cold, : len(popular)] = -np.arange(len(popular), dtype=np.float32)
         encoded = self.forward.encode_users(features)
-        return {
+        passed_on = {}
+        if self._history_column():
+            width = int(self.params["query_history"])
+            passed_on[QUERY_HISTORY] = np.full((len(user_ids), width), PAD, dtype=np.int64)
+            passed_on[QUERY_HISTORY][:, :min(width, history.shape[1])] = history[:, :width]
+        return passed_on | {
             CANDIDATE_IDS: ids,
             RETRIEVAL_SCORES: scores,
             RECENT_ITEMS: np.ascontiguousarray(recent, dtype=np.int64),

@@ -2,7 +2,8 @@
 
 The catalog's item features are encoded for the ranker when the stage is built and held as
 arrays indexed by catalog row; the user's features arrive already encoded (`user__<feature>`
-columns from retrieval). Every real (user, candidate) pair of the batch is scored in one
+columns from retrieval), and so does the history the query read (`query_history`), which a
+history-aware ranker reads beside each candidate. Every real (user, candidate) pair of the batch is scored in one
 call of the ranker's SavedModel; padding gets -inf.
 """
 
@@ -12,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from mstage.columns import FILTERED_IDS, PAD, RANKING_SCORES, USER_PREFIX, ColumnSpec
+from mstage.columns import (
+    FILTERED_IDS,
+    PAD,
+    QUERY_HISTORY,
+    RANKING_SCORES,
+    USER_PREFIX,
+    ColumnSpec,
+)
 from mstage.data.lookup import IdLookup
 from mstage.models import dlrm
 from mstage.pipeline.retrieval import user_columns
@@ -23,7 +31,8 @@ ITEM_PREFIX = "item__"
 
 class ScoreCandidates(Stage):
     """sources: `ranking` (the DLRM SavedModel). params: `width` (candidate list width),
-    `user_features` (the ranker's encoded user inputs). arrays: `item_ids` (the catalog)
+    `user_features` (the ranker's encoded user inputs), `history` (the ranker's history
+    length; 0: it reads none). arrays: `item_ids` (the catalog)
     and `item__<feature>` (its encoded item inputs). Build it with `from_catalog`."""
 
     READS = {"ranking": (dlrm.SAVED_MODEL_DIR,)}
@@ -40,8 +49,10 @@ class ScoreCandidates(Stage):
     @property
     def inputs(self):
         width = int(self.params["width"])
+        history = int(self.params.get("history", 0))
         return [ColumnSpec(FILTERED_IDS, "int64", (-1, width)),
-                *user_columns(self.params["user_features"])]
+                *user_columns(self.params["user_features"]),
+                *([ColumnSpec(QUERY_HISTORY, "int64", (-1, history))] if history else [])]
 
     @property
     def outputs(self):
@@ -61,6 +72,14 @@ class ScoreCandidates(Stage):
         features = {name: values[pos[rows, cols]] for name, values in self.item_features.items()}
         for spec in self.params["user_features"]:
             features[spec["name"]] = batch[USER_PREFIX + spec["name"]][rows]
+        if QUERY_HISTORY in batch and int(self.params.get("history", 0)):
+            features[dlrm.HISTORY] = self._encoded(batch[QUERY_HISTORY])[rows]
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         scores[rows, cols] = self.scorer.score_encoded(features)
         return {RANKING_SCORES: scores}
+
+    def _encoded(self, item_ids: np.ndarray) -> np.ndarray:
+        """Item ids [b, L] (PAD padded) -> the ranker's item indices, 0 for padding and items
+        outside the catalog."""
+        pos, known = self.catalog.find(item_ids)
+        return np.where(known & (item_ids != PAD), self.item_features["item_id"][pos], 0)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mstage.config import RankingConfig
+from mstage.config import DEFAULT_RETRIEVAL_WEIGHT, RankingConfig
 from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
@@ -30,8 +30,10 @@ from mstage.models.dlrm import (
     model_specs,
 )
 from mstage.models.encoders import ITEM_ID, FeatureEncoders
+from mstage.models.retrieval_artifact import ValidationCandidates, read_validation_candidates
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 from mstage.progress import SILENT, Reporter
+from mstage.training.blend import BlendChoice, choose_blend
 from mstage.training.core import (
     GateCheck,
     Phase,
@@ -71,13 +73,14 @@ class RankingRun:
     valid_rows: int = 0
     valid_positives: int = 0
     quality_gate: str | None = None  # passed, forced or skipped (set by train_ranking)
+    blend: BlendChoice | None = None  # the ordering blend chosen on validation
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         """The metrics the manifest records (and `--json` prints), in field order."""
         out = dataclasses.asdict(self)
-        del out["notes"]
-        return out
+        del out["notes"], out["blend"]
+        return out | (self.blend.metrics() if self.blend else {})
 
     def gate_check(self) -> GateCheck:
         """Best validation AUC against the baseline's on the same validation rows."""
@@ -187,6 +190,8 @@ class RankingProblem:
             if len(train) else train.user_rows
         latest_start[grouped] = self.timeline.group_start
         latest_end[grouped] = self.timeline.group_end
+        self.latest_start, self.latest_end = latest_start, latest_end
+        self.user_lookup, self.item_lookup = user_lookup, item_lookup
         self._train_rows = train
         self._train_positives = self._train_rows.take(self._train_rows.labels == 1)
         evaluation = rows_of(eval_mask, latest_start, latest_end)
@@ -228,6 +233,14 @@ class RankingProblem:
         """The rows of one epoch: the train fold plus freshly sampled catalog negatives."""
         return Rows.concat(self._train_rows,
                            self._negatives(self._train_positives, self._train_known, rng))
+
+    def candidate_rows(self, user_ids: np.ndarray, item_ids: np.ndarray) -> Rows:
+        """Unlabelled rows for each user id [u] against their item ids [u, n] (row-major),
+        with the user's latest train history, as the online store would hold it."""
+        users = _lookup_rows(self.user_lookup, np.repeat(user_ids, item_ids.shape[1]))
+        return Rows(users, _lookup_rows(self.item_lookup, item_ids.ravel()),
+                    np.zeros(users.size, dtype=np.float32), self.latest_start[users],
+                    self.latest_end[users])
 
     def features(self, rows: Rows, index: np.ndarray | slice) -> dict[str, np.ndarray]:
         """Encoded model inputs for rows[index]: user table and item table gathered, and the
@@ -346,13 +359,41 @@ def schedule(config: RankingConfig) -> Schedule:
                     ("train-ranking: validation epoch", "train-ranking: refit epoch"))
 
 
+def _blend_users(data: PreparedData, split: str, candidates: ValidationCandidates | None,
+                 notes: list[str]) -> list[np.ndarray] | None:
+    """Each candidate user's VALID items, or None (with a note) when the candidates cannot
+    choose the blend: absent, from another split, or from other data."""
+    from mstage.evaluation.protocol import build_eval_set
+
+    keep = f"the ordering blend keeps retrieval_weight {DEFAULT_RETRIEVAL_WEIGHT:g}"
+    if candidates is None:
+        notes.append(f"no validation candidates from train-retrieval; {keep}; run `mstage "
+                     "train-retrieval` before `mstage train-ranking` to choose it on validation")
+        return None
+    if candidates.split != split:
+        notes.append(f"retrieval was validated on the {candidates.split} split, the ranker on "
+                     f"{split}; {keep}")
+        return None
+    valid = build_eval_set(data.interactions, split, "validation")
+    rows, known = IdLookup(valid.users).find(candidates.user_ids)
+    if not known.all():
+        notes.append(f"retrieval's validation users are not this data's; {keep}; run `mstage "
+                     "train-retrieval` again")
+        return None
+    relevant = valid.relevant
+    return [relevant[r] for r in rows]
+
+
 def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
-                reporter: Reporter = SILENT) -> RankingRun:
+                reporter: Reporter = SILENT,
+                candidates: ValidationCandidates | None = None) -> RankingRun:
     """Train, evaluate and export a DLRM into `out_dir`.
 
     Protocol (docs/evaluation.md): train on FIT, pick the epoch count by validation AUC on
     VALID (early stopping with `config.patience`), then refit a fresh model on FIT + VALID
-    for that many epochs and report test AUC / log loss beside the item-rate baseline.
+    for that many epochs and report test AUC / log loss beside the item-rate baseline. At
+    each best validation epoch the ordering blend is chosen on retrieval's validation
+    `candidates` (`mstage.training.blend`).
     """
     from mstage.evaluation.metrics import auc, log_loss
 
@@ -362,6 +403,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
     folds = data.fold(config.split)
     rng = np.random.default_rng(config.seed)
     valid: dict[str, Any] = {}  # the baseline on the validation rows, for the quality gate
+    notes: list[str] = []
 
     def validation() -> Phase | None:
         problem = RankingProblem(data, folds == FIT, folds == VALID, folds != TEST,
@@ -376,7 +418,19 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
         rows = problem.eval_rows
         valid.update(rows=len(rows), positives=int(rows.labels.sum()),
                      baseline_auc=auc(rows.labels, _baseline_scores(problem, fit_rows, rows)))
-        return Phase(lambda: trainer.epoch(rng), lambda: auc(rows.labels, trainer.predict(rows)))
+        relevant = _blend_users(data, config.split, candidates, notes)
+        pairs = None if relevant is None else problem.candidate_rows(candidates.user_ids,
+                                                                     candidates.item_ids)
+
+        def validate() -> float:
+            score = auc(rows.labels, trainer.predict(rows))
+            if pairs is not None and score > valid.get("best_auc", -np.inf):
+                probability = trainer.predict(pairs).reshape(candidates.item_ids.shape)
+                valid.update(best_auc=score,
+                             blend=choose_blend(candidates, probability, relevant))
+            return score
+
+        return Phase(lambda: trainer.epoch(rng), validate)
 
     def refit() -> Phase:
         final = RankingProblem(data, folds != TEST, folds == TEST, np.ones(len(folds), bool),
@@ -415,11 +469,15 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
         valid_baseline_auc=valid.get("baseline_auc"),
         valid_rows=valid.get("rows", 0),
         valid_positives=valid.get("positives", 0),
+        blend=valid.get("blend"),
+        notes=notes,
     )
     params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
               "top_units": list(TOP_UNITS), "history": config.history,
               "epochs_trained": training.best_epoch,
               "labelled": final.labelled, "split": config.split}
+    if run.blend is not None:
+        params["retrieval_weight"] = run.blend.weight
     export_dlrm(trainer.model, final.encoders, Path(out_dir), params)
     return run
 
@@ -430,7 +488,9 @@ def train_ranking(ws: Workspace, config: RankingConfig,
     artifact (SavedModel, encoders; config and metrics in the manifest). A failure keeps the
     previous artifact, and so does a model whose best validation AUC is not above the
     baseline's on the validation rows (QualityGateFailed) unless `force`."""
+    retrieval = ws.path(Artifact.RETRIEVAL)
+    candidates = read_validation_candidates(retrieval) if retrieval.is_dir() else None
     return fit_and_publish(
         ws, Artifact.RANKING, config,
-        lambda data, directory: fit_ranking(data, config, directory, reporter),
+        lambda data, directory: fit_ranking(data, config, directory, reporter, candidates),
         "check --learning-rate/--epochs", force)

@@ -21,6 +21,7 @@ from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
 from mstage.models.encoders import FeatureEncoders
 from mstage.models.history import latest_items, prior_items
+from mstage.models.retrieval_artifact import ValidationCandidates, write_validation_candidates
 from mstage.models.tensorflow_runtime import import_keras
 from mstage.models.two_tower import TowerParams, TowerTrainer, TwoTower
 from mstage.progress import SILENT, Reporter
@@ -35,6 +36,9 @@ from mstage.training.core import (
 from mstage.workspace import Artifact, Workspace
 
 EARLY_STOPPING_METRIC = "recall@20"
+BLEND_CANDIDATES = 200
+"""Candidates kept per validation user for train-ranking's choice of the ordering blend (the
+default `--candidates` of build-ensemble)."""
 TEST_KS = (10, 20, 100)
 # Fewer validation users than this cannot tell a model from popularity: the gate is skipped.
 MIN_GATE_USERS = 10
@@ -191,7 +195,12 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
     `out_dir` is given, export the refit model there (see TwoTower.export).
     `validation_only` stops after the validation phase (for tuning)."""
     from mstage.evaluation.baselines import popularity
-    from mstage.evaluation.protocol import build_eval_set, evaluate_scores, sample_users
+    from mstage.evaluation.protocol import (
+        TopLists,
+        build_eval_set,
+        evaluate_scores,
+        sample_users,
+    )
 
     positives = data.positives()
     folds = positives[fold_column(config.split)].to_numpy()
@@ -201,6 +210,7 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
     valid_set = sample_users(build_eval_set(data.interactions, config.split, "validation"),
                              config.validation_users, config.seed)
     fit_rows = np.flatnonzero(folds == FIT)
+    best: dict[str, Any] = {}  # the best validation epoch's score and candidate lists
 
     def validation() -> Phase | None:
         if not (len(valid_set.users) and np.sum(folds == VALID) and len(fit_rows) >= 2):
@@ -214,8 +224,12 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
         trainer = phase.trainer(model, min(batch, len(fit_rows)), config)
 
         def validate() -> float:
-            scores = phase.score_fn(model, valid_set.catalog)
-            return evaluate_scores(valid_set, scores, ks=(20,))[EARLY_STOPPING_METRIC]
+            scores, lists = phase.score_fn(model, valid_set.catalog), TopLists(BLEND_CANDIDATES)
+            score = evaluate_scores(valid_set, scores, ks=(20,), top_lists=lists)[
+                EARLY_STOPPING_METRIC]
+            if score > best.get("score", -np.inf):
+                best.update(score=score, lists=lists)
+            return score
 
         return Phase(trainer.epoch, validate)
 
@@ -255,6 +269,9 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
             "learning_rate": config.learning_rate, "batch_size": batch, "seed": config.seed,
             "early_stopping_metric": EARLY_STOPPING_METRIC,
         })
+        if "lists" in best:
+            write_validation_candidates(out_dir, ValidationCandidates(
+                config.split, valid_set.users, best["lists"].item_ids, best["lists"].scores))
     return RetrievalRun(test, pop, history, best_epoch, batch, seconds,
                         examples / seconds if seconds > 0 else 0.0, test_set.stats, notes,
                         valid_pop, len(valid_set.users))

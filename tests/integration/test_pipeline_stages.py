@@ -8,11 +8,11 @@ import pytest
 from pipeline_workspace import known_and_unknown_users
 
 from mstage.columns import PAD
-from mstage.config import Config, FilteringConfig
+from mstage.config import Config, FilteringConfig, OrderingConfig
 from mstage.pipeline.ordering import blended_score, top_k
 from mstage.pipeline.recommender import Recommender
 from mstage.pipeline.stage import Stage
-from mstage.workspace import Workspace
+from mstage.workspace import Artifact, Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -85,28 +85,42 @@ def test_scoring_equals_the_ranker_on_raw_features(recommender, users, pipeline_
         ids = columns["filtered_ids"][row]
         ids = ids[ids != PAD]
         user = store.users(users[row : row + 1])
-        user.pop("found"), user.pop("recent_items")
+        user.pop("found")
+        recent = user.pop("recent_items")  # what the query read, and the ranker beside it
+        np.testing.assert_array_equal(columns["query_history"][row : row + 1],
+                                      recent[:, : columns["query_history"].shape[1]])
         item = store.items(ids)
         item.pop("found")
-        expected = scorer.score(user, item)
+        expected = scorer.score(user, item, history=recent)
         np.testing.assert_allclose(columns["ranking_scores"][row][: len(ids)], expected,
                                    rtol=1e-5, atol=1e-6)
 
 
-def test_ordering_is_top_k_of_ranking_scores(recommender, users):
+def test_ordering_is_top_k_of_ranking_scores(recommender, users, pipeline_workspace):
+    # the blend weight is the one train-ranking chose on validation and recorded
+    metrics = Workspace(pipeline_workspace).record(Artifact.RANKING)["metrics"]
+    weight = stage(recommender, "ordering").params["retrieval_weight"]
+    assert weight == metrics["retrieval_weight"]
+    assert metrics["blend_ndcg@10"][f"{weight:g}"] == max(metrics["blend_ndcg@10"].values())
     result = recommender.recommend(users, 7, explain=True)
     columns, _ = recommender.pipeline.run({"user_id": users})
-    blended = blended_score(columns["ranking_scores"], columns["filtered_scores"], 10.0)
+    blended = blended_score(columns["ranking_scores"], columns["filtered_scores"], weight)
     ids, scores = top_k(columns["filtered_ids"], blended, 7)
     np.testing.assert_array_equal(result.item_ids, ids)
     np.testing.assert_allclose(result.scores, scores)
     cold_or_refilled = (columns["cold_start"] > 0) | (columns["refilled"] > 0)
     assert result.fallback.tolist() == cold_or_refilled.tolist() and result.fallback[-1]
     first = result.explain[0][0]
-    # blended = logit(p) + 10 * retrieval score, from the explained components
+    # blended = logit(p) + weight * retrieval score, from the explained components
     p, r = first["ranking_score"], first["retrieval_score"]
     assert first["rank"] == 1
-    assert np.log(p / (1 - p)) + 10 * r == pytest.approx(scores[0, 0], rel=1e-4)
+    assert np.log(p / (1 - p)) + weight * r == pytest.approx(scores[0, 0], rel=1e-4)
+
+
+def test_a_configured_retrieval_weight_overrides_the_chosen_one(pipeline_workspace):
+    config = Config(ordering=OrderingConfig(retrieval_weight=0.0))
+    plan = Recommender.from_workspace(Workspace(pipeline_workspace), config).plan
+    assert plan.stage("ordering").params["retrieval_weight"] == 0.0
 
 
 def test_saved_stages_load_anywhere_and_answer_alike(recommender, users, tmp_path):

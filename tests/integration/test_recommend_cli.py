@@ -97,9 +97,12 @@ def test_single_user_explain_json_is_consistent(cli, pipeline_workspace):
     assert [e["item_id"] for e in explain] == answer["item_ids"]
     assert [e["rank"] for e in explain] == [1, 2, 3, 4]
     assert [e["score"] for e in explain] == pytest.approx(answer["scores"], abs=1e-6)
-    # the ordering score: logit(click probability) + retrieval_weight (10) * retrieval score
-    blended = [np.log(e["ranking_score"] / (1 - e["ranking_score"])) + 10 * e["retrieval_score"]
-               for e in explain]
+    # the ordering score: logit(click probability) + the weight train-ranking chose on
+    # validation * retrieval score
+    weight = json.loads((pipeline_workspace / "ranking" / "params.json").read_text())[
+        "retrieval_weight"]
+    blended = [np.log(e["ranking_score"] / (1 - e["ranking_score"]))
+               + weight * e["retrieval_score"] for e in explain]
     assert blended == pytest.approx(answer["scores"], rel=1e-4)
 
 

@@ -71,6 +71,9 @@ def test_trains_beats_the_baseline_and_records_metrics(trained_ws):
     assert payload["best_valid_auc"] > payload["valid_baseline_auc"] > 0.5
     assert payload["valid_positives"] >= 10 and payload["valid_rows"] > payload["valid_positives"]
     assert record["config"]["epochs"] == 4 and record["config"]["batch_size"] == 256
+    # no retrieval model to choose the ordering blend with: said, and the default kept
+    assert "retrieval_weight" not in payload
+    assert any("run `mstage train-retrieval` before" in note for note in payload["notes"])
     assert Workspace(ws).state(Artifact.RANKING) == ("ready", "")
     for name in ("saved_model/saved_model.pb", "encoders/encoders.json", "params.json"):
         assert (ws / "ranking" / name).is_file()
