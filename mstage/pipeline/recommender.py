@@ -94,8 +94,8 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
     serving.top_k size the lists). Loads no model: imports neither TensorFlow nor Feast."""
     from mstage.features.online import StoreSpec, exported_items
     from mstage.models.dlrm import ENCODERS_DIR
-    from mstage.models.retrieval_artifact import read_params
     from mstage.models.encoders import FeatureEncoders
+    from mstage.models.retrieval_artifact import read_params
 
     paths = {a: ws.require(a) for a in SERVED_ARTIFACTS}
     n, k = config.serving.candidates, config.serving.top_k

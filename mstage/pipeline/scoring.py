@@ -3,8 +3,8 @@
 The catalog's item features are encoded for the ranker when the stage is built and held as
 arrays indexed by catalog row; the user's features arrive already encoded (`user__<feature>`
 columns from retrieval), and so does the history the query read (`query_history`), which a
-history-aware ranker reads beside each candidate. Every real (user, candidate) pair of the batch is scored in one
-call of the ranker's SavedModel; padding gets -inf.
+history-aware ranker reads beside each candidate. Every real (user, candidate) pair of the
+batch is scored in one call of the ranker's SavedModel; padding gets -inf.
 """
 
 from __future__ import annotations
