@@ -3,9 +3,11 @@
 import json
 import re
 
+import numpy as np
 import pytest
 from retrieval_data import publish_prepared
 
+from mstage.models.retrieval_artifact import read_validation_candidates
 from mstage.workspace import Artifact, Workspace
 
 pytestmark = pytest.mark.slow
@@ -41,7 +43,14 @@ def test_trains_reports_and_publishes(cli, prepared):
         metrics["validation_popularity_recall@20"], abs=1e-6)
     names = {p.name for p in ws.path(Artifact.RETRIEVAL).iterdir()}
     assert names == {"query_tower", "item_tower", "item_embeddings.parquet", "encoders",
-                     "params.json"}
+                     "params.json", "validation_candidates.npz"}
+    # the validation model's candidates, for train-ranking's choice of the ordering blend
+    candidates = read_validation_candidates(ws.path(Artifact.RETRIEVAL))
+    assert len(candidates.user_ids) == metrics["validation_users"]
+    assert candidates.item_ids.shape == (len(candidates.user_ids), 200)
+    padded = candidates.item_ids == -1  # a catalog smaller than 200 + the user's items
+    assert (padded == ~np.isfinite(candidates.scores)).all()
+    assert (np.diff(np.where(padded, -9.0, candidates.scores), axis=1) <= 0).all()  # best first
 
 
 def test_renders_a_table_without_json(cli, prepared):
