@@ -2,7 +2,8 @@
 
 generate-data (200 users, 150 items, 8000 impressions) -> prepare-data -> train-retrieval
 (2 epochs) -> train-ranking (5 epochs: at 2 its validation AUC, 0.70, is below item CTR's
-0.77 and the quality gate refuses it) -> export-features -> build-index. The recommend,
+0.77 and the quality gate refuses it; a history of 20 items, so every path carries the
+`query_history` the ranker reads) -> export-features -> build-index. The recommend,
 build-ensemble and parity tests share it; a test that changes artifacts works on
 `copy_workspace(...)`. The `pipeline_workspace` session fixture (tests/integration/conftest.py)
 builds it once with `build_pipeline_workspace`; the other helpers here are plain functions.
@@ -43,6 +44,8 @@ def build_pipeline_workspace(root: Path, rewrite=None) -> Path:
     _must(ws, "prepare-data", "--interactions", paths["interactions"],
           "--users", paths["users"], "--items", paths["items"], "--label-col", "click")
     _must(ws, "train-retrieval", "--epochs", "2")
+    with open(ws / "mstage.toml", "a") as config:
+        config.write("\n[ranking]\nhistory = 20\n")
     _must(ws, "train-ranking", "--epochs", "5")
     _must(ws, "export-features")
     _must(ws, "build-index")

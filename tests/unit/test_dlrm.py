@@ -196,12 +196,17 @@ def test_implicit_data_samples_negatives_and_beats_popularity(tmp_path):
 @pytest.mark.slow
 def test_history_tells_the_ranker_what_the_user_is_into_now(tmp_path):
     data = PreparedData(write_drifting(tmp_path / "data"))
-    with_history = fit_ranking(data, FAST, tmp_path / "with").metrics()
-    without = fit_ranking(data, dataclasses.replace(FAST, history=0), tmp_path / "without")
+    with_history = fit_ranking(data, dataclasses.replace(FAST, history=10),
+                               tmp_path / "with").metrics()
+    without = fit_ranking(data, FAST, tmp_path / "without")
     # Measured 0.81 with the history, 0.68 without (popularity 0.48); a sixth of the sampled
     # negatives share the current cluster, so even a perfect reading of it stays below 1.
     assert with_history["test_auc"] > without.test_auc + 0.08
     assert with_history["test_auc"] > 0.75
+    params = json.loads((tmp_path / "with" / "params.json").read_text())
+    assert params["history"] == 10 and params["inputs"][-1] == {
+        "name": "history", "kind": "history", "dtype": "int64", "shape": ["b", 10],
+        "cardinality": params["inputs"][1]["cardinality"]}  # the item_id vocabulary
 
 
 @pytest.mark.slow
@@ -211,10 +216,8 @@ def test_export_layout_and_params(trained):
     assert (model_dir / "saved_model" / "saved_model.pb").is_file()
     assert (model_dir / "encoders" / "encoders.json").is_file()
     names = [i["name"] for i in params["inputs"]]
-    assert names == ["user_id", "age_group", "region", "item_id", "category", "price", "tags",
-                     "history"]
-    assert params["inputs"][-2]["shape"] == ["b", 2]
-    assert params["inputs"][-1]["shape"] == ["b", FAST.history] and params["history"] == 50
+    assert names == ["user_id", "age_group", "region", "item_id", "category", "price", "tags"]
+    assert params["inputs"][-1]["shape"] == ["b", 2] and params["history"] == 0
     assert params["epochs_trained"] == metrics["epochs_trained"]
     assert not list(model_dir.rglob("*.pkl")) and not list(model_dir.rglob("*.pickle"))
 
