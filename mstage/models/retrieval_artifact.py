@@ -1,6 +1,7 @@
 """The retrieval artifact's layout: the only module naming its files; their readers and writers.
 
-`workspace/retrieval/` holds `query_tower/` and `item_tower/` (SavedModels), `encoders/`,
+`workspace/retrieval/` holds `query_tower/` and `item_tower/` (SavedModels),
+`query_tower.tflite` (the query tower's LiteRT export, what serving runs), `encoders/`,
 `params.json` (tower shapes, the similarity the towers were trained for, training settings),
 `item_embeddings.parquet` (`item_id` int64, `embedding` list<float32>, one row per item) and
 `validation_candidates.npz` (what the validation-phase model retrieved for the validation
@@ -25,7 +26,8 @@ ENCODERS_DIR = "encoders"
 PARAMS_FILE = "params.json"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
 VALIDATION_CANDIDATES = "validation_candidates.npz"
-QUERY_FILES = (QUERY_TOWER, ENCODERS_DIR, PARAMS_FILE)
+QUERY_TOWER_LITE = "query_tower.tflite"
+QUERY_FILES = (QUERY_TOWER_LITE, ENCODERS_DIR, PARAMS_FILE)
 """What serving reads of a retrieval artifact: the query side only."""
 
 
@@ -71,7 +73,7 @@ def read_validation_candidates(directory: Path) -> ValidationCandidates | None:
 
 
 def has_query_tower(directory: Path) -> bool:
-    return (Path(directory) / QUERY_TOWER).is_dir()
+    return (Path(directory) / QUERY_TOWER_LITE).is_file()
 
 
 def read_params(directory: Path) -> dict[str, Any]:

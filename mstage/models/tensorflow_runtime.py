@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
+def native_stderr_silenced() -> Iterator[None]:
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -31,7 +31,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def import_tensorflow():
     """The `tensorflow` module, loaded (and its devices probed) quietly the first time."""
     if "tensorflow" not in sys.modules and not os.environ.get("MSTAGE_TF_VERBOSE"):
-        with _native_stderr_silenced():
+        with native_stderr_silenced():
             import tensorflow as tf
 
             tf.config.list_physical_devices()

@@ -26,8 +26,10 @@ from mstage.models.retrieval_artifact import (
     ITEM_TOWER,
     PARAMS_FILE,
     QUERY_TOWER,
+    QUERY_TOWER_LITE,
     write_item_embeddings,
 )
+from mstage.models.lite import LiteModel, export_lite
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 
@@ -240,6 +242,7 @@ class TwoTower:
             module = _serving_module(tower, specs)
             tf.saved_model.save(module, str(directory / sub),
                                 signatures={"serving_default": module.serving_default})
+        export_lite(directory / QUERY_TOWER, directory / QUERY_TOWER_LITE)
         self.encoders.save(directory / ENCODERS_DIR)
         write_item_embeddings(directory, item_ids, self.item_embeddings(np.arange(len(item_ids))))
         params = {
@@ -338,7 +341,8 @@ def _serving_module(tower, specs: dict[str, Any]):
 class QueryTower:
     """Serving-side query tower: raw user ids and feature values -> [b, d] unit embeddings.
 
-    Loads `encoders/` and the `query_tower/` SavedModel of a retrieval artifact; call it with
+    Loads `encoders/` and the query tower's LiteRT export (`query_tower.tflite`, no
+    TensorFlow) of a retrieval artifact; call it with
     a dict of numpy arrays (`user_id` int64 [b] plus each user feature as stored in
     users.parquet: strings for categoricals, floats for numerics, lists for multi-valued)
     and, for a history-aware tower, `history`: the user's recent item ids [b, R], most recent
@@ -348,14 +352,14 @@ class QueryTower:
 
     def __init__(self, directory: Path):
         directory = Path(directory)
-        if not (directory / QUERY_TOWER).is_dir():
+        if not (directory / ENCODERS_DIR).is_dir():
             raise ArtifactMissing(
-                f"expected a query tower at {directory / QUERY_TOWER}, found nothing; "
+                f"expected a query tower at {directory}, found nothing; "
                 "run `mstage train-retrieval` first"
             )
         self.encoders = FeatureEncoders.load(directory / ENCODERS_DIR)
         self.params = json.loads((directory / PARAMS_FILE).read_text())
-        self._model = _tf().saved_model.load(str(directory / QUERY_TOWER))
+        self._model = LiteModel(directory / QUERY_TOWER_LITE)
         self.input_names = [s.name for s in self.encoders.specs("user")]
         self.embedding_dim = int(self.params["embedding_dim"])
         self.history = int(self.params.get("history", 0))
@@ -374,11 +378,7 @@ class QueryTower:
         return encoded
 
     def embed_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
-        tf = _tf()
-        # The concrete signature dispatches faster than the restored tf.function.
-        out = self._model.signatures["serving_default"](
-            **{k: tf.constant(v) for k, v in encoded.items()})
-        return out["embedding"].numpy()
+        return self._model(**encoded)["embedding"]
 
     def __call__(self, features: dict[str, Any], history: np.ndarray | None = None
                  ) -> np.ndarray:

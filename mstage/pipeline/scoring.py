@@ -4,7 +4,8 @@ The catalog's item features are encoded for the ranker when the stage is built a
 arrays indexed by catalog row; the user's features arrive already encoded (`user__<feature>`
 columns from retrieval), and so does the history the query read (`query_history`), which a
 history-aware ranker reads beside each candidate. Every real (user, candidate) pair of the
-batch is scored in one call of the ranker's SavedModel; padding gets -inf.
+batch is scored in one call of the ranker (its LiteRT export: no TensorFlow); padding gets
+-inf.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ ITEM_PREFIX = "item__"
 
 
 class ScoreCandidates(Stage):
-    """sources: `ranking` (the DLRM SavedModel). params: `width` (candidate list width),
+    """sources: `ranking` (the DLRM's LiteRT export). params: `width` (candidate list width),
     `user_features` (the ranker's encoded user inputs), `history` (the ranker's history
     length; 0: it reads none). arrays: `item_ids` (the catalog)
     and `item__<feature>` (its encoded item inputs). Build it with `from_catalog`."""
 
-    READS = {"ranking": (dlrm.SAVED_MODEL_DIR,)}
+    READS = {"ranking": (dlrm.LITE_FILE,)}
 
     @classmethod
     def from_catalog(cls, items: Any, encoders: Any, params: dict[str, Any],
@@ -59,7 +60,7 @@ class ScoreCandidates(Stage):
         return [ColumnSpec(RANKING_SCORES, "float32", (-1, int(self.params["width"])))]
 
     def _open(self) -> None:
-        self.scorer = dlrm.RankingScorer.from_saved_model(self.sources["ranking"])
+        self.scorer = dlrm.RankingScorer.from_lite(self.sources["ranking"])
         self.catalog = IdLookup(self.arrays["item_ids"])
         self.item_features = {name.removeprefix(ITEM_PREFIX): values
                               for name, values in self.arrays.items()

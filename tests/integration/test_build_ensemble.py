@@ -77,11 +77,11 @@ def test_builds_without_tensorflow_or_feast_and_copies_only_what_stages_read(
     }
     artifacts = repo / "mstage_retrieval" / "1" / "artifacts"
     assert sorted(p.name for p in (artifacts / "retrieval").iterdir()) == \
-        ["encoders", "params.json", "query_tower"]  # no item tower, no item embeddings
+        ["encoders", "params.json", "query_tower.tflite"]  # the LiteRT export, nothing else
     assert sorted(p.name for p in (artifacts / "features").iterdir()) == \
         ["feature_store.yaml", "features.json", "online.db", "registry.db"]
     assert [p.name for p in (repo / "mstage_scoring/1/artifacts/ranking").iterdir()] == \
-        ["saved_model"]
+        ["ranker.tflite"]
 
 
 @pytest.mark.slow

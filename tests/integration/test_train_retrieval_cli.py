@@ -43,7 +43,7 @@ def test_trains_reports_and_publishes(cli, prepared):
         metrics["validation_popularity_recall@20"], abs=1e-6)
     names = {p.name for p in ws.path(Artifact.RETRIEVAL).iterdir()}
     assert names == {"query_tower", "item_tower", "item_embeddings.parquet", "encoders",
-                     "params.json", "validation_candidates.npz"}
+                     "params.json", "validation_candidates.npz", "query_tower.tflite"}
     # the validation model's candidates, for train-ranking's choice of the ordering blend
     candidates = read_validation_candidates(ws.path(Artifact.RETRIEVAL))
     assert len(candidates.user_ids) == metrics["validation_users"]

@@ -255,6 +255,20 @@ def test_reloaded_in_a_fresh_process_gives_the_same_scores(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_lite_export_scores_like_the_saved_model(trained):
+    import tensorflow as tf
+
+    data, _, model_dir = trained
+    scorer = RankingScorer.load(model_dir)  # runs ranker.tflite, without TensorFlow
+    user_features, item_features = _raw_rows(data, n=300)
+    encoded = {**scorer.encoders.encode_users(user_features),
+               **scorer.encoders.encode_items(item_features)}
+    saved = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serving_default"]
+    want = saved(**{k: tf.constant(v) for k, v in encoded.items()})["probability"].numpy()
+    np.testing.assert_allclose(scorer.score_encoded(encoded), want, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_scorer_raw_features_one_user_and_unknown_values(trained):
     data, _, model_dir = trained
     scorer = RankingScorer.load(model_dir)

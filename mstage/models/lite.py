@@ -1,0 +1,59 @@
+"""Models served without TensorFlow: each SavedModel's serving signature, converted to a
+LiteRT (TensorFlow Lite) flatbuffer when it is exported, runs in the LiteRT interpreter.
+
+Why: a process that imports TensorFlow holds ~400 MiB and pays ~2 ms of dispatch per call;
+the LiteRT interpreter imports in milliseconds, holds ~50 MiB with the model, and runs the
+same graph (variables frozen in) with results equal to float32 rounding. The SavedModel
+stays the training artifact; serving stages and `mstage recommend` run the conversion
+(benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mstage.errors import ArtifactMissing
+from mstage.models.tensorflow_runtime import native_stderr_silenced, import_tensorflow
+
+SIGNATURE = "serving_default"
+
+
+def export_lite(saved_model_dir: Path, target: Path) -> None:
+    """Convert the `serving_default` signature of a SavedModel to a LiteRT file at `target`
+    (needs TensorFlow: run at export time)."""
+    tf = import_tensorflow()
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [loaded.signatures[SIGNATURE]], loaded)  # concrete functions freeze the variables
+    with native_stderr_silenced():
+        Path(target).write_bytes(converter.convert())
+
+
+class LiteModel:
+    """A converted signature, called with numpy arrays: `model(**inputs) -> {name: array}`.
+    Any batch size works (the interpreter resizes its inputs). Threads: `OMP_NUM_THREADS`
+    when set (Triton stubs set 1), else LiteRT's default."""
+
+    def __init__(self, path: Path):
+        if not Path(path).is_file():
+            raise ArtifactMissing(
+                f"expected the model's LiteRT export at {path}, found nothing; artifacts from "
+                "an earlier mstage lack it: run the training command again")
+        from ai_edge_litert.interpreter import Interpreter
+
+        threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self._run = interpreter.get_signature_runner(SIGNATURE)
+        self._first = True
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if self._first:  # LiteRT announces its CPU delegate on fd 2 at the first call
+            with native_stderr_silenced():
+                out = self._run(**inputs)
+            self._first = False
+            return out
+        return self._run(**inputs)
