@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mstage.errors import ArtifactMissing
-from mstage.models.tensorflow_runtime import native_stderr_silenced, import_tensorflow
+from mstage.models.tensorflow_runtime import import_tensorflow, native_stderr_silenced
 
 SIGNATURE = "serving_default"
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mstage.errors import ArtifactMissing, TrainingDiverged
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
+from mstage.models.lite import LiteModel, export_lite
 from mstage.models.retrieval_artifact import (
     ENCODERS_DIR,
     ITEM_TOWER,
@@ -29,7 +30,6 @@ from mstage.models.retrieval_artifact import (
     QUERY_TOWER_LITE,
     write_item_embeddings,
 )
-from mstage.models.lite import LiteModel, export_lite
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
 
 
