@@ -3,7 +3,7 @@ Faiss top-N.
 
 The one online-store read per request happens here; the query tower reads the user's
 features and recent items (what they just did moves the query); the features travel on to
-scoring as tensors encoded with the ranker's encoders (`user__<feature>` columns), and the
+scoring encoded with the ranker's encoders (packed by dtype: `user_codes`, `user_numbers`), and the
 recent items travel on to filtering. A user the model never saw but whose history the store
 holds (`mstage push-events`) is embedded from that history and their features (their unknown
 id maps to index 0), flagged in `history_only`. Users with neither get the most popular items
@@ -25,8 +25,9 @@ from mstage.columns import (
     QUERY_HISTORY,
     RECENT_ITEMS,
     RETRIEVAL_SCORES,
+    USER_CODES,
     USER_ID,
-    USER_PREFIX,
+    USER_NUMBERS,
     ColumnSpec,
     in_rows,
 )
@@ -53,10 +54,41 @@ def _faiss_threads(n: int | None):
         faiss.omp_set_num_threads(before)
 
 
+def _packed(specs: list[dict]) -> dict[str, list[tuple[str, int]]]:
+    """Packed column -> its (feature, width) parts in order; `specs` as JSON (name, dtype,
+    shape without the batch): int64 inputs go to `user_codes`, float32 to `user_numbers`."""
+    parts: dict[str, list[tuple[str, int]]] = {USER_CODES: [], USER_NUMBERS: []}
+    for s in specs:
+        column = USER_CODES if s["dtype"] == "int64" else USER_NUMBERS
+        parts[column].append((s["name"], int(np.prod(s["shape"], dtype=np.int64))))
+    return {column: p for column, p in parts.items() if p}
+
+
 def user_columns(specs: list[dict]) -> list[ColumnSpec]:
-    """The `user__<feature>` columns for the ranker's encoded user inputs (`specs` as JSON:
-    name, dtype, shape without the batch)."""
-    return [ColumnSpec(USER_PREFIX + s["name"], s["dtype"], (-1, *s["shape"])) for s in specs]
+    """The packed columns of the ranker's encoded user inputs (see `USER_CODES`)."""
+    return [ColumnSpec(column, "int64" if column == USER_CODES else "float32",
+                       (-1, sum(w for _, w in parts)))
+            for column, parts in _packed(specs).items()]
+
+
+def pack_user(encoded: dict[str, np.ndarray], specs: list[dict]) -> dict[str, np.ndarray]:
+    """Encoded user inputs (name -> [b] or [b, L]) -> the packed columns."""
+    return {column: np.concatenate([encoded[name].reshape(len(encoded[name]), -1)
+                                    for name, _ in parts], axis=1)
+            for column, parts in _packed(specs).items()}
+
+
+def unpack_user(batch: dict[str, np.ndarray], specs: list[dict]) -> dict[str, np.ndarray]:
+    """The packed columns of `batch` -> encoded user inputs, each in its own shape."""
+    shapes = {s["name"]: tuple(s["shape"]) for s in specs}
+    out = {}
+    for column, parts in _packed(specs).items():
+        start = 0
+        for name, width in parts:
+            values = batch[column][:, start:start + width]
+            out[name] = values.reshape(len(values), *shapes[name])
+            start += width
+    return out
 
 
 class RetrieveCandidates(Stage):
@@ -164,4 +196,4 @@ class RetrieveCandidates(Stage):
             RECENT_ITEMS: np.ascontiguousarray(recent, dtype=np.int64),
             COLD_START: (~known).astype(np.int8),
             HISTORY_ONLY: history_only.astype(np.int8),
-        } | {USER_PREFIX + k: v for k, v in encoded.items()}
+        } | pack_user(encoded, self.params["user_features"])

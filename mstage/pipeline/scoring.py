@@ -1,8 +1,8 @@
 """Stage 3, scoring: the candidates' item features + the user's features -> DLRM clicks.
 
 The catalog's item features are encoded for the ranker when the stage is built and held as
-arrays indexed by catalog row; the user's features arrive already encoded (`user__<feature>`
-columns from retrieval), and so does the history the query read (`query_history`), which a
+arrays indexed by catalog row; the user's features arrive already encoded (packed by dtype
+from retrieval), and so does the history the query read (`query_history`), which a
 history-aware ranker reads beside each candidate. Every real (user, candidate) pair of the
 batch is scored in one call of the ranker (its LiteRT export: no TensorFlow); padding gets
 -inf.
@@ -19,12 +19,11 @@ from mstage.columns import (
     PAD,
     QUERY_HISTORY,
     RANKING_SCORES,
-    USER_PREFIX,
     ColumnSpec,
 )
 from mstage.data.lookup import IdLookup
 from mstage.models import dlrm
-from mstage.pipeline.retrieval import user_columns
+from mstage.pipeline.retrieval import unpack_user, user_columns
 from mstage.pipeline.stage import Stage
 
 ITEM_PREFIX = "item__"
@@ -71,8 +70,8 @@ class ScoreCandidates(Stage):
         pos, known = self.catalog.find(ids)
         rows, cols = np.nonzero((ids != PAD) & known)
         features = {name: values[pos[rows, cols]] for name, values in self.item_features.items()}
-        for spec in self.params["user_features"]:
-            features[spec["name"]] = batch[USER_PREFIX + spec["name"]][rows]
+        for name, values in unpack_user(batch, self.params["user_features"]).items():
+            features[name] = values[rows]
         if QUERY_HISTORY in batch and int(self.params.get("history", 0)):
             features[dlrm.HISTORY] = self._encoded(batch[QUERY_HISTORY])[rows]
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)

@@ -32,20 +32,23 @@ class StageRunner:
     Kept apart from the Triton entry point so tests can drive it with a stand-in `pb`.
     """
 
-    def __init__(self, stage: Stage, model: str):
+    def __init__(self, stage: Stage, model: str, emit: Sequence[str] | None = None):
+        """`emit`: the outputs the model's config declares (None: all the stage's), so
+        outputs nothing reads are never written."""
         self.stage = stage
         self.model = model
         self.inputs = list(stage.inputs)
-        self.outputs = list(stage.outputs)
+        self.outputs = [s for s in stage.outputs if emit is None or s.name in emit]
 
     @classmethod
-    def from_version_dir(cls, version_dir: Path, model: str) -> StageRunner:
+    def from_version_dir(cls, version_dir: Path, model: str,
+                         emit: Sequence[str] | None = None) -> StageRunner:
         code = version_dir / CODE_DIR
         if code.is_dir() and str(code) not in sys.path:
             sys.path.insert(0, str(code))
         stage = Stage.restore(version_dir / ARTIFACTS_DIR)
         stage.load()
-        return cls(stage, model)
+        return cls(stage, model, emit)
 
     def execute(self, requests: Sequence[Any], pb: Any) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -109,6 +112,7 @@ def make_model() -> type:
 
     class TritonPythonModel:
         def initialize(self, args: dict[str, str]) -> None:
+            import json
             import os
 
             # One thread per op in each stub: a server runs four stubs and batches requests,
@@ -116,7 +120,9 @@ def make_model() -> type:
             for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
                 os.environ.setdefault(name, "1")
             version_dir = Path(args["model_repository"]) / args["model_version"]
-            self.runner = StageRunner.from_version_dir(version_dir, args["model_name"])
+            declared = [o["name"] for o in json.loads(args["model_config"])["output"]]
+            self.runner = StageRunner.from_version_dir(version_dir, args["model_name"],
+                                                       declared)
 
         def execute(self, requests: list[Any]) -> list[Any]:
             import triton_python_backend_utils as pb_utils

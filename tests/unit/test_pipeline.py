@@ -58,3 +58,24 @@ def test_bad_request_is_an_input_error():
     pipe = pipeline([("retrieval", Candidates())])
     with pytest.raises(InputError, match="expected column 'user_id'"):
         pipe.run({"user": np.array([1])})
+
+
+def test_user_features_travel_packed_by_dtype_and_unpack_exactly():
+    from mstage.pipeline.retrieval import pack_user, unpack_user, user_columns
+
+    specs = [{"name": "user_id", "dtype": "int64", "shape": []},
+             {"name": "age", "dtype": "float32", "shape": []},
+             {"name": "tags", "dtype": "int64", "shape": [3]},
+             {"name": "region", "dtype": "int64", "shape": []}]
+    encoded = {"user_id": np.array([7, 9]), "age": np.array([0.5, -1.0], np.float32),
+               "tags": np.array([[1, 2, 0], [3, 0, 0]]), "region": np.array([4, 5])}
+    packed = pack_user(encoded, specs)
+    # two tensors, not four: ids, tags and region as int64 codes; age as a float32 number
+    assert [(c.name, c.dtype, c.shape) for c in user_columns(specs)] == [
+        ("user_codes", "int64", (-1, 5)), ("user_numbers", "float32", (-1, 1))]
+    assert packed["user_codes"].tolist() == [[7, 1, 2, 0, 4], [9, 3, 0, 0, 5]]
+    unpacked = unpack_user(packed, specs)
+    assert set(unpacked) == set(encoded)
+    for name, values in encoded.items():
+        np.testing.assert_array_equal(unpacked[name], values)
+        assert unpacked[name].dtype == values.dtype

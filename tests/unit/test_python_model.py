@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -145,8 +146,11 @@ def test_make_model_loads_the_operator_from_the_repository(tmp_path, monkeypatch
     sys.modules.pop("scale_ops")
     sys.path.remove(str(tmp_path))  # the model must find the module in its own python/ dir
     model = make_model()()
+    # Triton passes the model's config as JSON: the runner writes only its declared outputs
     model.initialize({"model_repository": str(tmp_path / "repo" / "scale"),
-                      "model_version": "1", "model_name": "scale"})
+                      "model_version": "1", "model_name": "scale",
+                      "model_config": json.dumps({"output": [{"name": "item_ids"}]})})
     (response,) = model.runner.execute([{"user_id": np.array([2, 5])}], FakePb)
     assert response.outputs["item_ids"].tolist() == [[6], [15]]  # 2*3, 5*3
+    assert "scores" not in response.outputs
     assert str(tmp_path / "repo" / "scale" / "1" / "python") in sys.path

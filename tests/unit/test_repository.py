@@ -254,3 +254,17 @@ def test_refuses_a_non_empty_directory_and_bad_options(tmp_path):
         write_repository(tmp_path / "other", three_stages(), device="tpu")
     with pytest.raises(ConfigError, match="instances >= 1"):
         write_repository(tmp_path / "other", three_stages(), instances=0)
+
+
+def test_outputs_nothing_reads_are_not_declared(tmp_path):
+    unread = ColumnSpec("debug_flags", "int8")
+    plan = plan_ensemble([
+        ("retrieve", declared([USER_ID], [ITEMS, SCORES, unread])),
+        ("order", declared([ITEMS, SCORES], [ITEMS, SCORES])),
+    ])
+    write_repository(tmp_path / "repo", plan)
+    retrieve = (tmp_path / "repo" / "retrieve" / "config.pbtxt").read_text()
+    assert '"item_ids"' in retrieve and '"scores"' in retrieve
+    assert "debug_flags" not in retrieve  # the stub would pay for writing it
+    assert "debug_flags" not in (tmp_path / "repo" / "mstage_recommender" / "config.pbtxt"
+                                 ).read_text()
