@@ -34,13 +34,14 @@ class Timeline:
     def __init__(self, users: np.ndarray, items: np.ndarray, positive: np.ndarray | None = None):
         """`users`/`items` [n] grouped by user in time order; `positive` [n] marks the rows
         whose items enter histories (all when None). `start`/`end` [n]: each row's prior
-        positives; `group_start`/`group_end` [u]: each user's whole timeline."""
+        positives; `group_start`/`group_end` [u]: the whole timeline of user `group_users`."""
         items = np.asarray(items)
         keep = np.ones(len(items), bool) if positive is None else np.asarray(positive, bool)
         self.items = items[keep]
         self.end = np.cumsum(keep) - keep  # positives before each row, over all users
         position, starts = _group_positions(users)
         self.start = self.end[np.arange(len(items)) - position]
+        self.group_users = np.asarray(users)[starts]
         self.group_start = self.start[starts] if len(starts) else self.end[:0]
         last = np.r_[starts[1:], len(items)] - 1 if len(starts) else starts
         self.group_end = self.end[last] + keep[last]

@@ -185,16 +185,13 @@ class RankingProblem:
         self.timeline = Timeline(train.user_rows, self.items[ITEM_ID][train.item_rows],
                                  train.labels == 1)
         train.history_start, train.history_end = self.timeline.start, self.timeline.end
-        latest_start, latest_end = no_history.copy(), no_history.copy()
-        grouped = train.user_rows[np.r_[True, train.user_rows[1:] != train.user_rows[:-1]]] \
-            if len(train) else train.user_rows
-        latest_start[grouped] = self.timeline.group_start
-        latest_end[grouped] = self.timeline.group_end
-        self.latest_start, self.latest_end = latest_start, latest_end
+        self.latest_start, self.latest_end = no_history.copy(), no_history.copy()
+        self.latest_start[self.timeline.group_users] = self.timeline.group_start
+        self.latest_end[self.timeline.group_users] = self.timeline.group_end
         self.user_lookup, self.item_lookup = user_lookup, item_lookup
         self._train_rows = train
         self._train_positives = self._train_rows.take(self._train_rows.labels == 1)
-        evaluation = rows_of(eval_mask, latest_start, latest_end)
+        evaluation = rows_of(eval_mask, self.latest_start, self.latest_end)
         n_rows = len(self.item_ids) + 1
         counts = np.bincount(self._train_positives.item_rows, minlength=n_rows)
         counts[-1] = 0  # the unknown row is never a candidate

@@ -28,3 +28,19 @@ def test_history_of_answers_any_user_and_pads_the_unknown():
     of = history_of(np.array([1, 1, 2]), np.array([10, 11, 20]), 2)
     # user 1: 11 then 10; user 7 never interacted: all padding
     assert of(np.array([7, 1, 2])).tolist() == [[-1, -1], [11, 10], [20, -1]]
+
+
+def test_timeline_histories_hold_earlier_positives_only():
+    from mstage.models.history import Timeline
+
+    users = np.array([1, 1, 1, 1, 2, 2])
+    items = np.array([10, 11, 12, 13, 20, 21])
+    clicked = np.array([1, 0, 1, 1, 0, 1], bool)  # impressions: only clicks enter histories
+    timeline = Timeline(users, items, clicked)
+    # row 3 sees the clicks before it (12, then 10), not the unclicked 11 nor itself
+    assert timeline.window(timeline.start, timeline.end, 2).tolist() == [
+        [0, 0], [10, 0], [10, 0], [12, 10], [0, 0], [0, 0]]
+    # each user's whole timeline, latest first: what an evaluation row of theirs sees
+    assert timeline.group_users.tolist() == [1, 2]
+    assert timeline.window(timeline.group_start, timeline.group_end, 3).tolist() == [
+        [13, 12, 10], [21, 0, 0]]
