@@ -137,8 +137,9 @@ class OrderCandidates(Stage):
     @property
     def inputs(self):
         width = int(self.params["width"])
+        seeds = [ColumnSpec(USER_ID, "int64")] if self.params["strategy"] == "softmax" else []
         return [
-            ColumnSpec(USER_ID, "int64"),
+            *seeds,  # softmax draws are seeded per user; top-k needs no user id
             ColumnSpec(FILTERED_IDS, "int64", (-1, width)),
             ColumnSpec(FILTERED_SCORES, "float32", (-1, width)),
             ColumnSpec(RANKING_SCORES, "float32", (-1, width)),

@@ -128,13 +128,16 @@ def import_class(path: str) -> type:
     return obj
 
 
-def run_stage(stage: Stage, batch: Mapping[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    """Run `stage` on `batch`, checking inputs and outputs against its declared columns.
+def run_stage(stage: Stage, batch: Mapping[str, np.ndarray], where: str,
+              inputs_checked: bool = False) -> dict[str, np.ndarray]:
+    """Run `stage` on `batch`, checking inputs (unless the caller already did, request by
+    request) and outputs against its declared columns.
 
     In-process and in Triton alike: a wrong dtype, shape or row count is an InputError
     naming `where`; any other failure of the stage becomes an MstageError naming it too.
     """
-    check_batch(stage.inputs, batch, where)
+    if not inputs_checked:
+        check_batch(stage.inputs, batch, where)
     rows = len(next(iter(batch.values()))) if batch else 0
     try:
         result = stage(dict(batch))

@@ -83,7 +83,7 @@ class StageRunner:
             name: np.concatenate([b[name] for b in batches]) for name in batches[0]
         }
         try:
-            result = run_stage(self.stage, merged, f"model {self.model}")
+            result = run_stage(self.stage, merged, f"model {self.model}", inputs_checked=True)
         except MstageError as e:
             return [_error(pb, str(e)) for _ in batches]
         bounds = np.cumsum([0, *rows])
