@@ -3,8 +3,8 @@ Faiss top-N.
 
 The one online-store read per request happens here; the query tower reads the user's
 features and recent items (what they just did moves the query); the features travel on to
-scoring encoded with the ranker's encoders (packed by dtype: `user_codes`, `user_numbers`), and the
-recent items travel on to filtering. A user the model never saw but whose history the store
+scoring encoded with the ranker's encoders (packed by dtype: `user_codes`, `user_numbers`),
+and the recent items travel on to filtering. A user the model never saw but whose history the store
 holds (`mstage push-events`) is embedded from that history and their features (their unknown
 id maps to index 0), flagged in `history_only`. Users with neither get the most popular items
 instead, flagged in `cold_start`.
@@ -71,6 +71,11 @@ def user_columns(specs: list[dict]) -> list[ColumnSpec]:
             for column, parts in _packed(specs).items()]
 
 
+def history_columns(width: int) -> list[ColumnSpec]:
+    """The `query_history` column passed to a ranker reading `width` items (none for 0)."""
+    return [ColumnSpec(QUERY_HISTORY, "int64", (-1, width))] if width else []
+
+
 def pack_user(encoded: dict[str, np.ndarray], specs: list[dict]) -> dict[str, np.ndarray]:
     """Encoded user inputs (name -> [b] or [b, L]) -> the packed columns."""
     return {column: np.concatenate([encoded[name].reshape(len(encoded[name]), -1)
@@ -117,12 +122,8 @@ class RetrieveCandidates(Stage):
             ColumnSpec(RECENT_ITEMS, "int64", (-1, int(self.params["recent_items"]))),
             ColumnSpec(COLD_START, "int8"),
             ColumnSpec(HISTORY_ONLY, "int8"),
-            *self._history_column(),
+            *history_columns(int(self.params.get("query_history", 0))),
         ] + user_columns(self.params["user_features"])
-
-    def _history_column(self) -> list[ColumnSpec]:
-        width = int(self.params.get("query_history", 0))
-        return [ColumnSpec(QUERY_HISTORY, "int64", (-1, width))] if width else []
 
     def _open(self) -> None:
         from mstage.features.online import OnlineFeatures
@@ -186,8 +187,7 @@ class RetrieveCandidates(Stage):
             scores[cold, : len(popular)] = -np.arange(len(popular), dtype=np.float32)
         encoded = self.forward.encode_users(features)
         passed_on = {}
-        if self._history_column():
-            width = int(self.params["query_history"])
+        if width := int(self.params.get("query_history", 0)):
             passed_on[QUERY_HISTORY] = np.full((len(user_ids), width), PAD, dtype=np.int64)
             passed_on[QUERY_HISTORY][:, :min(width, history.shape[1])] = history[:, :width]
         return passed_on | {

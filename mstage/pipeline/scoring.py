@@ -23,7 +23,7 @@ from mstage.columns import (
 )
 from mstage.data.lookup import IdLookup
 from mstage.models import dlrm
-from mstage.pipeline.retrieval import unpack_user, user_columns
+from mstage.pipeline.retrieval import history_columns, unpack_user, user_columns
 from mstage.pipeline.stage import Stage
 
 ITEM_PREFIX = "item__"
@@ -49,10 +49,9 @@ class ScoreCandidates(Stage):
     @property
     def inputs(self):
         width = int(self.params["width"])
-        history = int(self.params.get("history", 0))
         return [ColumnSpec(FILTERED_IDS, "int64", (-1, width)),
                 *user_columns(self.params["user_features"]),
-                *([ColumnSpec(QUERY_HISTORY, "int64", (-1, history))] if history else [])]
+                *history_columns(int(self.params.get("history", 0)))]
 
     @property
     def outputs(self):
@@ -72,7 +71,7 @@ class ScoreCandidates(Stage):
         features = {name: values[pos[rows, cols]] for name, values in self.item_features.items()}
         for name, values in unpack_user(batch, self.params["user_features"]).items():
             features[name] = values[rows]
-        if QUERY_HISTORY in batch and int(self.params.get("history", 0)):
+        if int(self.params.get("history", 0)):
             features[dlrm.HISTORY] = self._encoded(batch[QUERY_HISTORY])[rows]
         scores = np.full(ids.shape, -np.inf, dtype=np.float32)
         scores[rows, cols] = self.scorer.score_encoded(features)
