@@ -189,7 +189,7 @@ class RankingScorer:
     @classmethod
     def from_lite(cls, directory: Path) -> RankingScorer:
         """A scorer of already-encoded inputs (`score_encoded`) from `ranker.tflite` alone."""
-        return cls(None, LiteModel(Path(directory) / LITE_FILE), {})
+        return cls(None, LiteModel(Path(directory) / LITE_FILE, "train-ranking"), {})
 
     def score(self, user_features: Mapping[str, Any], item_features: Mapping[str, Any],
               history: np.ndarray | None = None) -> np.ndarray:

@@ -11,6 +11,7 @@ stays the training artifact; serving stages and `mstage recommend` run the conve
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +34,37 @@ def export_lite(saved_model_dir: Path, target: Path) -> None:
         Path(target).write_bytes(converter.convert())
 
 
+def require_lite(path: Path, command: str) -> None:
+    """ArtifactMissing naming `command` (which writes it) when the LiteRT file is absent."""
+    if not Path(path).is_file():
+        raise ArtifactMissing(
+            f"expected the model's LiteRT export at {path}, found nothing (models trained by "
+            f"an earlier mstage lack it); run `mstage {command}` again")
+
+
 class LiteModel:
     """A converted signature, called with numpy arrays: `model(**inputs) -> {name: array}`.
     Any batch size works (the interpreter resizes its inputs). Threads: `OMP_NUM_THREADS`
-    when set (Triton stubs set 1), else LiteRT's default."""
+    when set (Triton stubs set 1), else LiteRT's default. An interpreter is not thread-safe
+    (concurrent calls corrupt its tensors), so calls from several threads take turns."""
 
-    def __init__(self, path: Path):
-        if not Path(path).is_file():
-            raise ArtifactMissing(
-                f"expected the model's LiteRT export at {path}, found nothing; artifacts from "
-                "an earlier mstage lack it: run the training command again")
+    def __init__(self, path: Path, command: str):
+        require_lite(path, command)
         from ai_edge_litert.interpreter import Interpreter
 
         threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self._run = interpreter.get_signature_runner(SIGNATURE)
+        self._lock = threading.Lock()
         self._first = True
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        if self._first:  # LiteRT announces its CPU delegate on fd 2 at the first call
-            with native_stderr_silenced():
+        with self._lock:
+            if self._first:  # LiteRT announces its CPU delegate on fd 2 at the first call
+                self._first = False
+                with native_stderr_silenced():
+                    out = self._run(**inputs)
+            else:
                 out = self._run(**inputs)
-            self._first = False
-            return out
-        return self._run(**inputs)
+            # owned copies: the next call may reuse the interpreter's buffers
+            return {name: np.array(values) for name, values in out.items()}

@@ -359,7 +359,7 @@ class QueryTower:
             )
         self.encoders = FeatureEncoders.load(directory / ENCODERS_DIR)
         self.params = json.loads((directory / PARAMS_FILE).read_text())
-        self._model = LiteModel(directory / QUERY_TOWER_LITE)
+        self._model = LiteModel(directory / QUERY_TOWER_LITE, "train-retrieval")
         self.input_names = [s.name for s in self.encoders.specs("user")]
         self.embedding_dim = int(self.params["embedding_dim"])
         self.history = int(self.params.get("history", 0))

@@ -93,11 +93,14 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
     """The four stages over the workspace's artifacts for `config` (serving.candidates and
     serving.top_k size the lists). Loads no model: imports neither TensorFlow nor Feast."""
     from mstage.features.online import StoreSpec, exported_items
-    from mstage.models.dlrm import ENCODERS_DIR
+    from mstage.models.dlrm import ENCODERS_DIR, LITE_FILE
     from mstage.models.encoders import FeatureEncoders
-    from mstage.models.retrieval_artifact import read_params
+    from mstage.models.lite import require_lite
+    from mstage.models.retrieval_artifact import QUERY_TOWER_LITE, read_params
 
     paths = {a: ws.require(a) for a in SERVED_ARTIFACTS}
+    require_lite(paths[Artifact.RETRIEVAL] / QUERY_TOWER_LITE, Artifact.RETRIEVAL.command)
+    require_lite(paths[Artifact.RANKING] / LITE_FILE, Artifact.RANKING.command)
     n, k = config.serving.candidates, config.serving.top_k
     if n < k:
         raise UsageError(f"expected --candidates >= --top-k, found {n} < {k}; raise "

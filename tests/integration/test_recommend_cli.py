@@ -222,3 +222,19 @@ def test_server_not_running_names_the_address(cli, protocol):
         in stderr
     assert "start one with `mstage serve`" in stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_ranker_from_before_lite_exports_names_the_command(cli, pipeline_workspace, tmp_path):
+    # an artifact published without ranker.tflite (as an earlier mstage wrote them)
+    ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
+    (ws / "ranking" / "ranker.tflite").unlink()
+    manifest = json.loads((ws / "manifest.json").read_text())
+    del manifest["artifacts"]["ranking"]["files"]["ranker.tflite"]
+    (ws / "manifest.json").write_text(json.dumps(manifest))
+    users, _ = known_and_unknown_users(ws)
+    result = cli("-w", ws, "recommend", "--user-id", users[0], "--in-process")
+    assert result.exit_code == 2
+    assert "expected the model's LiteRT export at" in result.stderr
+    assert "run `mstage train-ranking` again" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -269,6 +269,23 @@ def test_lite_export_scores_like_the_saved_model(trained):
 
 
 @pytest.mark.slow
+def test_concurrent_calls_score_like_sequential_ones(trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, _, model_dir = trained
+    scorer = RankingScorer.load(model_dir)
+    user_features, item_features = _raw_rows(data, n=300)
+    encoded = {**scorer.encoders.encode_users(user_features),
+               **scorer.encoders.encode_items(item_features)}
+    parts = [{k: v[i::7] for k, v in encoded.items()} for i in range(7)]  # 7 batch sizes
+    expected = [scorer.score_encoded(p) for p in parts]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(scorer.score_encoded, parts * 20))
+    for i, scores in enumerate(got):
+        np.testing.assert_array_equal(scores, expected[i % 7])
+
+
+@pytest.mark.slow
 def test_scorer_raw_features_one_user_and_unknown_values(trained):
     data, _, model_dir = trained
     scorer = RankingScorer.load(model_dir)
