@@ -36,14 +36,14 @@ def read_user_ids(source: str, users) -> UserIds:
     and `#` comments are skipped."""
     from pathlib import Path
 
+    from mstage.data.readers import require_file
+
     if source == "-":
         lines = sys.stdin.read().splitlines()
     else:
         path = Path(source)
-        if not path.is_file():
-            found = "a directory" if path.is_dir() else "nothing"
-            raise InputError(f"expected a file of user ids (one per line) at {path}, found "
-                             f"{found}; pass an existing file or - for stdin")
+        require_file(path, "a file of user ids (one per line)",
+                     "pass an existing file or - for stdin")
         lines = path.read_text(errors="replace").splitlines()
     ids, malformed = [], []
     for number, line in enumerate(lines, start=1):

@@ -48,11 +48,17 @@ def _unreadable(path: Path, fmt: str, error: BaseException) -> InputError:
     )
 
 
+def require_file(path: Path, expected: str, hint: str, parquet_dir: bool = False) -> None:
+    """InputError `expected <expected> at <path>, found a directory|nothing; <hint>` unless
+    `path` is a file (or, with `parquet_dir`, a directory of parquet files)."""
+    if path.is_file() or (parquet_dir and is_parquet_dir(path)):
+        return
+    found = "a directory" if path.is_dir() else "nothing"
+    raise InputError(f"expected {expected} at {path}, found {found}; {hint}")
+
+
 def _check_exists(path: Path, what: str) -> None:
-    if not path.is_file() and not is_parquet_dir(path):
-        found = "a directory" if path.is_dir() else "nothing"
-        raise InputError(f"expected the {what} file at {path}, found {found}; "
-                         f"check the path given to --{what}")
+    require_file(path, f"the {what} file", f"check the path given to --{what}", parquet_dir=True)
 
 
 def read_columns(path: Path, what: str) -> list[str]:

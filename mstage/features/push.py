@@ -74,7 +74,7 @@ def event_columns(config: DataConfig) -> list[str]:
 def read_events(source: str | Path, config: DataConfig, stdin: bytes | None = None):
     """The events table (pandas) of a CSV/parquet file, or of CSV bytes read from stdin (`-`);
     InputError naming the missing columns and those found."""
-    from mstage.data.readers import read_columns, read_table
+    from mstage.data.readers import read_columns, read_table, require_file
 
     wanted = event_columns(config)
     ids = (config.user_col, config.item_col)
@@ -84,10 +84,8 @@ def read_events(source: str | Path, config: DataConfig, stdin: bytes | None = No
         found = [str(c) for c in df.columns]
     else:
         path = Path(source)
-        if not path.is_file():
-            found = "a directory" if path.is_dir() else "nothing"
-            raise InputError(f"expected an events file (CSV or parquet) at {path}, found "
-                             f"{found}; pass an existing file or - for CSV on stdin")
+        require_file(path, "an events file (CSV or parquet)",
+                     "pass an existing file or - for CSV on stdin")
         where = str(path)
         found = read_columns(path, "events")
         df = None
