@@ -8,6 +8,7 @@ time, reloading saved models, a second process stopping a server).
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -41,6 +42,22 @@ def run_python(*args, check: bool = True, timeout: float = 300,
         assert done.returncode == 0, (f"python {' '.join(map(str, args))[:200]} exited with "
                                       f"{done.returncode}:\n{done.stderr[-3000:]}")
     return done
+
+
+def imports_after_commands(calls: list[list], modules: tuple[str, ...], exit_code: int = 0
+                           ) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run `mstage` once per argument list of `calls` in one fresh interpreter, each exiting
+    with `exit_code`; returns which of `modules` got imported (sorted) and the process."""
+    script = ("import sys\n"
+              "from mstage.cli.main import app\n"
+              f"for args in {[[str(a) for a in call] for call in calls]!r}:\n"
+              "    try:\n"
+              "        app(args)\n"
+              "    except SystemExit as e:\n"
+              f"        assert (e.code or 0) == {exit_code}, e.code\n"
+              f"print(sorted(m for m in {tuple(modules)!r} if m in sys.modules))\n")
+    done = run_python("-c", script)
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1]), done
 
 
 def run_mstage_process(*args, **kwargs) -> subprocess.CompletedProcess:

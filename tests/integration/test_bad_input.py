@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cli_runner import run_python
+from cli_runner import imports_after_commands
 from retrieval_data import publish_prepared
 
 INTERACTIONS = "user_id,item_id,timestamp\n" + "".join(
@@ -740,18 +740,11 @@ def test_boolean_flags_show_no_metavar(cli):
 
 def test_recommend_refuses_option_values_without_tensorflow(isolated_workspace):
     publish_prepared(isolated_workspace, n_users=12, n_items=20, per_user=4)
-    script = ("import sys\n"
-              "from mstage.cli.main import app\n"
-              "for args in (['--candidates', '100000000000'], ['--top-k', '21']):\n"
-              "    try:\n"
-              f"        app(['-w', {str(isolated_workspace)!r}, 'recommend', '--user-id',"
-              " '1000', *args])\n"
-              "    except SystemExit as e:\n"
-              "        assert e.code == 2, e.code\n"
-              "print(sorted(m for m in ('tensorflow', 'keras', 'feast', 'faiss', 'tritonclient')"
-              " if m in sys.modules))\n")
-    done = run_python("-c", script)
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    recommend = ["-w", isolated_workspace, "recommend", "--user-id", "1000"]
+    imported, done = imports_after_commands(
+        [[*recommend, "--candidates", "100000000000"], [*recommend, "--top-k", "21"]],
+        ("tensorflow", "keras", "feast", "faiss", "tritonclient"), exit_code=2)
+    assert imported == []
     assert done.stderr.count("catalog size 20") == 2
 
 

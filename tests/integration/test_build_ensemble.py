@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_runner import run_python
+from cli_runner import imports_after_commands
 from pipeline_workspace import (
     copy_workspace,
     known_and_unknown_users,
@@ -54,16 +54,9 @@ def test_builds_without_tensorflow_or_feast_and_copies_only_what_stages_read(
         pipeline_workspace, tmp_path):
     """Stages declare their columns from params: writing the repository loads no model."""
     ws = copy_workspace(pipeline_workspace, tmp_path / "ws")
-    script = ("import sys\n"
-              "from mstage.cli.main import app\n"
-              "try:\n"
-              f"    app(['-w', {str(ws)!r}, '-q', 'build-ensemble'])\n"
-              "except SystemExit as e:\n"
-              "    assert not e.code, e.code\n"
-              "print(sorted(m for m in ('tensorflow', 'keras', 'feast', 'faiss')"
-              " if m in sys.modules))\n")
-    done = run_python("-c", script)
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    imported, _ = imports_after_commands([["-w", ws, "-q", "build-ensemble"]],
+                                         ("tensorflow", "keras", "feast", "faiss"))
+    assert imported == []
 
     repo = ws / "ensemble" / "model_repository"
     copied = {stage: sorted(p.name for p in (repo / stage / "1" / "artifacts").iterdir())
