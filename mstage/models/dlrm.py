@@ -216,7 +216,7 @@ class RankingScorer:
         users = self.encoders.encode_users(user_features)
         width = int(self.params.get("history", 0))
         if width > 0:
-            encoded = self.encode_history(
+            encoded = self.encoders.encode_history(
                 np.full((1, width), -1) if history is None else history, width)
             rows = len(users["user_id"])
             if len(encoded) not in (1, rows):
@@ -232,14 +232,6 @@ class RankingScorer:
                 f"{len(users['user_id'])}; pass one user, or one user row per candidate"
             )
         return self.score_encoded({**users, **encoded_items})
-
-    def encode_history(self, item_ids: np.ndarray, width: int) -> np.ndarray:
-        """Item ids [b, R] (-1 padded) -> the model's history input [b, width]: encoded item
-        indices, 0 for padding and unknown items."""
-        ids = np.atleast_2d(np.asarray(item_ids, dtype=np.int64))[:, :width]
-        out = np.zeros((len(ids), width), dtype=np.int64)
-        out[:, :ids.shape[1]] = self.encoders.item_ids.lookup(ids.ravel()).reshape(ids.shape)
-        return out
 
     def score_encoded(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """float32 [n] from already-encoded inputs (the SavedModel's own signature)."""

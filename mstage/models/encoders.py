@@ -199,6 +199,15 @@ class FeatureEncoders:
         """A DataFrame or dict of arrays with `item_id` and the item features -> model inputs."""
         return self._encode(data, ITEM_ID, self.item_ids, self.item_features)
 
+    def encode_history(self, item_ids: np.ndarray, width: int) -> np.ndarray:
+        """Item ids [b, R], most recent first, -1 padded -> int64 item indices [b, width]
+        (cut or 0-padded to `width`; 0 for padding and items not seen when fitted): the
+        history input of a history-aware model."""
+        ids = np.atleast_2d(np.asarray(item_ids, dtype=np.int64))[:, :width]
+        out = np.zeros((len(ids), width), dtype=np.int64)
+        out[:, :ids.shape[1]] = self.item_ids.lookup(ids.ravel()).reshape(ids.shape)
+        return out
+
     def _encode(self, data: Any, id_name: str, ids: IdVocab,
                 features: list[Feature]) -> dict[str, np.ndarray]:
         missing = [n for n in [id_name] + [f.name for f in features] if n not in data]

@@ -369,12 +369,8 @@ class QueryTower:
         """Encoded inputs; `history` raw item ids [b, R] (None: no history known)."""
         encoded = self.encoders.encode_users(features)
         if self.history > 0:
-            n = len(encoded["user_id"])
-            raw = np.full((n, self.history), -1, dtype=np.int64)
-            if history is not None:
-                width = min(self.history, history.shape[1])
-                raw[:, :width] = history[:, :width]
-            encoded[HISTORY] = self.encoders.item_ids.lookup(raw.reshape(-1)).reshape(raw.shape)
+            known = np.full((len(encoded["user_id"]), 0), -1) if history is None else history
+            encoded[HISTORY] = self.encoders.encode_history(known, self.history)
         return encoded
 
     def embed_encoded(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
