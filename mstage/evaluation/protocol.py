@@ -183,20 +183,27 @@ def load_eval_set(data, split: str = "user-temporal", phase: str = "test") -> Ev
 @dataclass
 class TopLists:
     """Each evaluated user's best `n` catalog items (train items excluded), filled by
-    `evaluate_scores`: item ids int64 [users, n] (PAD padded) and their float32 scores."""
+    `evaluate_scores`: item ids int64 [users, n] (PAD padded) and their float32 scores.
+    Batches are kept apart and joined once, when read."""
 
     n: int
-    item_ids: np.ndarray | None = None
-    scores: np.ndarray | None = None
+    parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
 
     def add(self, top_cols: np.ndarray, top_ids: np.ndarray, scores: np.ndarray) -> None:
         cols = top_cols[:, :self.n]
         kept = np.take_along_axis(scores, np.maximum(cols, 0), axis=1).astype(np.float32)
-        parts = [np.where(cols >= 0, top_ids[:, :self.n], PAD), np.where(cols >= 0, kept, -np.inf)]
-        if self.item_ids is not None:
-            parts = [np.concatenate([old, new]) for old, new in
-                     zip((self.item_ids, self.scores), parts, strict=True)]
-        self.item_ids, self.scores = parts[0], parts[1].astype(np.float32)
+        self.parts.append((np.where(cols >= 0, top_ids[:, :self.n], PAD),
+                           np.where(cols >= 0, kept, np.float32(-np.inf))))
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return np.concatenate([ids for ids, _ in self.parts]) if self.parts else \
+            np.zeros((0, self.n), dtype=np.int64)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.concatenate([s for _, s in self.parts]) if self.parts else \
+            np.zeros((0, self.n), dtype=np.float32)
 
 
 def evaluate_scores(eval_set: EvalSet, score_fn: ScoreFn, ks: Sequence[int] = DEFAULT_KS,
