@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mstage.errors import ArtifactMissing, TrainingDiverged
+from mstage.models import distribute
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
 from mstage.models.lite import LiteModel, export_lite
 from mstage.models.retrieval_artifact import (
@@ -267,7 +268,9 @@ class TowerTrainer:
     the pairs with a generator seeded by `seed` and steps through full batches of
     `batch_size` (the ragged tail is dropped:
     in-batch negatives need full batches); `optimizer.apply(grads)` updates
-    `model.trainable_variables`. The epoch loop itself is the training layer's.
+    `model.trainable_variables`. With several workers (`mstage.models.distribute`) each
+    takes its share of every batch, whose rows are its in-batch negatives. The epoch loop
+    itself is the training layer's.
     """
 
     def __init__(self, model: TwoTower, user_rows: np.ndarray, item_rows: np.ndarray,
@@ -282,8 +285,7 @@ class TowerTrainer:
         temperature = float(model.params.temperature)
         item_key = "item_id"
 
-        @tf.function(reduce_retracing=True)
-        def step(u_rows, i_rows, history):
+        def replica_step(u_rows, i_rows, history):
             u_in = {k: tf.gather(v, u_rows) for k, v in user_table.items()}
             if model.params.history > 0:
                 u_in[HISTORY] = history
@@ -296,7 +298,12 @@ class TowerTrainer:
             optimizer.apply(tape.gradient(loss, variables))
             return loss
 
+        @tf.function(reduce_retracing=True)
+        def step(u_rows, i_rows, history):
+            return distribute.run(replica_step, u_rows, i_rows, history)
+
         self._step, self._rng = step, np.random.default_rng(seed)
+        self._workers = distribute.workers_from_env()
         self.user_rows, self.item_rows = user_rows, item_rows
         self.histories = (np.asarray(histories, dtype=np.int64) if histories is not None
                           else np.zeros((len(user_rows), 0), dtype=np.int64))
@@ -311,7 +318,7 @@ class TowerTrainer:
         order = self._rng.permutation(len(self.user_rows))
         batch, total = self.batch_size, 0.0
         for b in range(self.n_batches):
-            idx = order[b * batch:(b + 1) * batch]
+            idx = self._workers.share(order[b * batch:(b + 1) * batch])
             total += float(self._step(tf.constant(self.user_rows[idx]),
                                       tf.constant(self.item_rows[idx]),
                                       tf.constant(self.histories[idx])))

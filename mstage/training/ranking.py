@@ -19,6 +19,7 @@ from mstage.config import DEFAULT_RETRIEVAL_WEIGHT, RankingConfig
 from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
+from mstage.models import distribute
 from mstage.models.dlrm import (
     BOTTOM_UNITS,
     HISTORY,
@@ -275,7 +276,8 @@ def _baseline_scores(problem: RankingProblem, train_rows: Rows, rows: Rows) -> n
 
 
 class Trainer:
-    """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem."""
+    """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem. With
+    several workers (`mstage.models.distribute`) each trains on its share of every batch."""
 
     def __init__(self, problem: RankingProblem, config: RankingConfig):
         keras = import_keras()
@@ -284,21 +286,26 @@ class Trainer:
         keras.utils.set_random_seed(config.seed)
         self.problem, self.config = problem, config
         specs = model_specs(problem.encoders, problem.history)
-        self.model = build_dlrm(specs, config.embedding_dim)
-        variables = self.model.trainable_variables
-        self.optimizer = make_optimizer(config.optimizer, config.learning_rate, variables,
-                                        key="ranking.optimizer")
+        with distribute.scope():
+            self.model = build_dlrm(specs, config.embedding_dim)
+            variables = self.model.trainable_variables
+            self.optimizer = make_optimizer(config.optimizer, config.learning_rate, variables,
+                                            key="ranking.optimizer")
         signature = input_signature(specs)
         model, optimizer = self.model, self.optimizer
+        self._workers = distribute.workers_from_env()
 
-        @tf.function(input_signature=[signature, tf.TensorSpec((None,), tf.float32)])
-        def train_step(features, labels):
+        def replica_step(features, labels):
             with tf.GradientTape() as tape:
                 logits = model(features, training=True)
                 loss = tf.reduce_mean(
                     tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
             optimizer.apply(tape.gradient(loss, variables))
             return loss
+
+        @tf.function(input_signature=[signature, tf.TensorSpec((None,), tf.float32)])
+        def train_step(features, labels):
+            return distribute.run(replica_step, features, labels)
 
         @tf.function(input_signature=[signature])
         def predict_step(features):
@@ -310,15 +317,14 @@ class Trainer:
         """One pass over freshly shuffled train rows; returns the mean loss (may be NaN)."""
         rows = self.problem.train_rows(rng)
         order = rng.permutation(len(rows))
-        batch, total = self.config.batch_size, 0.0
-        for start in range(0, len(order), batch):
-            index = order[start:start + batch]
+        total, count = 0.0, 0
+        for index in self._workers.shares(order, self.config.batch_size):
             features = self.problem.features(rows, index)
             loss = float(self._train_step(features, rows.labels[index]))
-            total += loss * len(index)
+            total, count = total + loss * len(index), count + len(index)
             if not np.isfinite(loss):
                 return loss
-        return total / max(len(rows), 1)
+        return total / max(count, 1)
 
     def predict(self, rows: Rows) -> np.ndarray:
         """float64 [n] click probabilities for rows."""
@@ -397,6 +403,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
     if fold_column(config.split) not in data.interactions.columns:
         raise InputError(f"expected a {fold_column(config.split)} column in the prepared "
                          "interactions, found none; run `mstage prepare-data` again")
+    distribute.start()
     folds = data.fold(config.split)
     rng = np.random.default_rng(config.seed)
     valid: dict[str, Any] = {}  # the baseline on the validation rows, for the quality gate

@@ -19,6 +19,7 @@ from mstage.config import RetrievalConfig
 from mstage.data.lookup import IdLookup
 from mstage.data.schema import FIT, TEST, VALID, PreparedData, fold_column
 from mstage.errors import InputError
+from mstage.models import distribute
 from mstage.models.encoders import FeatureEncoders
 from mstage.models.history import latest_items, prior_items
 from mstage.models.retrieval_artifact import ValidationCandidates, write_validation_candidates
@@ -122,11 +123,13 @@ class _Phase:
         keras = import_keras()
 
         keras.utils.set_random_seed(seed)
-        return TwoTower(self.encoders, params, self.users, self.items)
+        with distribute.scope():
+            return TwoTower(self.encoders, params, self.users, self.items)
 
     def trainer(self, model: TwoTower, batch_size: int, config: RetrievalConfig) -> TowerTrainer:
-        optimizer = make_optimizer(config.optimizer, config.learning_rate,
-                                   model.trainable_variables, key="retrieval.optimizer")
+        with distribute.scope():
+            optimizer = make_optimizer(config.optimizer, config.learning_rate,
+                                       model.trainable_variables, key="retrieval.optimizer")
         return TowerTrainer(model, self.user_rows, self.item_rows, optimizer, batch_size,
                             config.seed, self.histories)
 
@@ -202,6 +205,7 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
         sample_users,
     )
 
+    distribute.start()
     positives = data.positives()
     folds = positives[fold_column(config.split)].to_numpy()
     params = tower_params(config)
