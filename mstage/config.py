@@ -77,8 +77,9 @@ class RetrievalConfig:
     stopping on validation recall@20 (after `patience` epochs without gain) picks the count
     used to refit on all of train. `history` is how many of the user's latest items the query
     tower reads (0: none; at most the feature store's `recent_items` are known online).
-    `validation_users` caps the users early stopping scores after each epoch (a seeded
-    sample): each check then costs seconds at any scale; the test evaluation stays full."""
+    `validation_users` caps the users early stopping scores after each epoch and
+    `test_users` those of the test report (seeded samples): each pass then costs seconds at
+    any scale; `mstage evaluate` measures every test user."""
 
     epochs: int = 40
     batch_size: int = 256
@@ -93,11 +94,13 @@ class RetrievalConfig:
     hidden_units: list[int] = field(default_factory=list)
     history: int = 50
     validation_users: int = 10_000
+    test_users: int = 10_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.history <= 1000:
             raise ConfigError(f"expected retrieval.history in 0..1000, found {self.history}")
-        _positive("retrieval", validation_users=self.validation_users)
+        _positive("retrieval", validation_users=self.validation_users,
+                  test_users=self.test_users)
         _positive("retrieval", epochs=self.epochs, batch_size=self.batch_size,
                   embedding_dim=self.embedding_dim, learning_rate=self.learning_rate,
                   temperature=self.temperature, patience=self.patience,

@@ -1,4 +1,4 @@
-"""Keep Feast's own printing off mstage's stdout, and turn its row writes into progress.
+"""Keep Feast's own printing off mstage's stdout.
 
 Feast prints coloured materialization logs with `print()` and logs warnings; mstage's stdout
 carries only results (tables or JSON). Both go to a log file in the workspace instead, at the
@@ -13,8 +13,6 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-from mstage.progress import Task
 
 
 @contextlib.contextmanager
@@ -40,28 +38,3 @@ def feast_output_to(log_path: Path) -> Iterator[None]:
             os.close(saved_fd)
             feast_logger.removeHandler(handler)
             feast_logger.propagate = saved_propagate
-
-
-@contextlib.contextmanager
-def rows_written(store, task: Task) -> Iterator[None]:
-    """Advance `task` by the rows each online-store batch writes during materialize.
-
-    Feast's local engine reports no progress, so the provider's online store is wrapped for
-    the duration; if Feast's internals differ, progress simply stays per feature view.
-    """
-    try:
-        online_store = store._get_provider().online_store
-        original = online_store.online_write_batch
-    except AttributeError:
-        yield
-        return
-
-    def counting(config, table, data, progress):
-        original(config, table, data, progress)
-        task.advance(len(data))
-
-    online_store.online_write_batch = counting
-    try:
-        yield
-    finally:
-        del online_store.online_write_batch

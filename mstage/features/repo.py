@@ -22,7 +22,6 @@ REGISTRY = "registry.db"
 ONLINE_DB = "online.db"
 SOURCES_DIR = "data"
 USER_VIEW, ITEM_VIEW = "user_features", "item_features"
-WRITE_BATCH_ROWS = 10_000
 
 FEAST_TYPES = {
     "categorical": "String",
@@ -72,8 +71,6 @@ def store_yaml(project: str, store: OnlineStore) -> str:
         "offline_store:\n"
         "  type: dask\n"
         "entity_key_serialization_version: 3\n"
-        "materialization:\n"
-        f"  online_write_batch_size: {WRITE_BATCH_ROWS}\n"
     )
 
 

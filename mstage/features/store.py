@@ -16,19 +16,22 @@ from typing import Any
 from mstage.config import FeaturesConfig, as_dict
 from mstage.data.schema import PreparedData
 from mstage.errors import MstageError
-from mstage.features.feast_io import feast_output_to, rows_written
+from mstage.features.feast_io import feast_output_to
 from mstage.features.repo import (
+    ITEM_VIEW,
     SOURCES_DIR,
+    USER_VIEW,
     OnlineStore,
     load_definitions,
     new_project_name,
     write_repo,
 )
 from mstage.features.tables import build_tables, write_tables
-from mstage.progress import SILENT, Reporter
+from mstage.progress import SILENT, Reporter, Task
 from mstage.workspace import Artifact, Workspace
 
 LOG_NAME = "export-features.log"
+WRITE_CHUNK_ROWS = 50_000  # rows per online write: bounds the protos Feast builds at once
 
 
 class FeatureStoreError(MstageError):
@@ -164,9 +167,8 @@ def _build(directory: Path, data: PreparedData, config: FeaturesConfig, store: O
                     lambda: feast_store.apply(load_definitions(directory)))
         seconds["apply"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
-        with rows_written(feast_store, task):
-            _feast_step("materialize the features", store, log_path,
-                        lambda: materialize(feast_store, tables.as_of))
+        _feast_step("write the features", store, log_path,
+                    lambda: write_online(feast_store, tables, task))
         seconds["materialize"] = round(time.perf_counter() - started, 3)
         started = time.perf_counter()
         check = _feast_step("read features back", store, log_path,
@@ -186,12 +188,16 @@ def _build(directory: Path, data: PreparedData, config: FeaturesConfig, store: O
                         config.recent_items, checks, seconds)
 
 
-def materialize(feast_store, as_of) -> None:
-    """Materialize the snapshot: every row is stamped `as_of`, so a 2-second window holds it."""
-    import datetime as dt
-
-    one_second = dt.timedelta(seconds=1)
-    feast_store.materialize(start_date=as_of - one_second, end_date=as_of + one_second)
+def write_online(feast_store, tables, task: Task) -> None:
+    """Write both tables into the online store through Feast's online-write API
+    (`write_to_online_store`), WRITE_CHUNK_ROWS rows per call. These are the rows
+    `feast materialize` would write, without its read of the offline files just written
+    (Dask hashes those frames: about half of materialize's time at 200k users and items)."""
+    for view, frame in ((USER_VIEW, tables.users), (ITEM_VIEW, tables.items)):
+        for start in range(0, len(frame), WRITE_CHUNK_ROWS):
+            chunk = frame.iloc[start:start + WRITE_CHUNK_ROWS]
+            feast_store.write_to_online_store(view, chunk)
+            task.advance(len(chunk))
 
 
 def _feast_step(what: str, store: OnlineStore, log_path: Path, step):

@@ -260,7 +260,8 @@ def fit_retrieval(data: PreparedData, config: RetrievalConfig, out_dir: Path | N
         valid_pop = evaluate_scores(valid_set, popularity(valid_set),
                                     ks=(20,))[EARLY_STOPPING_METRIC]
 
-    test_set = build_eval_set(data.interactions, config.split, "test")
+    test_set = sample_users(build_eval_set(data.interactions, config.split, "test"),
+                            config.test_users, config.seed)
     if len(test_set.users):
         test = evaluate_scores(test_set, phase.score_fn(model, test_set.catalog), TEST_KS)
         pop = evaluate_scores(test_set, popularity(test_set), TEST_KS)

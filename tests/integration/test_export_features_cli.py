@@ -125,18 +125,18 @@ def test_a_copied_store_opens_in_another_process_and_in_feast_cli(sqlite_store, 
     assert "user_features" in views.stdout and "item_features" in views.stdout
 
 
-def test_failed_materialize_keeps_the_previous_store_serving(cli, tmp_path, monkeypatch):
+def test_failed_online_write_keeps_the_previous_store_serving(cli, tmp_path, monkeypatch):
     root = tmp_path / "ws"
     publish_prepared(root)
     before = export(root, "--recent-items", "3")
 
-    def broken(store, as_of):
+    def broken(store, tables, task):
         raise RuntimeError("disk full [simulated]")
 
-    monkeypatch.setattr(feature_store, "materialize", broken)
+    monkeypatch.setattr(feature_store, "write_online", broken)
     result = cli("-w", root, "export-features", "--recent-items", "3")
     assert result.exit_code == 1
-    assert "expected Feast to materialize the features into the sqlite online store" in (
+    assert "expected Feast to write the features into the sqlite online store" in (
         result.stderr)
     assert "RuntimeError: disk full [simulated]" in result.stderr
     assert "previous feature store is kept" in result.stderr
@@ -148,15 +148,16 @@ def test_failed_materialize_keeps_the_previous_store_serving(cli, tmp_path, monk
 def test_a_store_serving_other_values_fails_the_read_back(cli, tmp_path, monkeypatch):
     root = tmp_path / "ws"
     publish_prepared(root)
-    real_materialize = feature_store.materialize
+    real_write = feature_store.write_online
 
-    def corrupting(store, as_of):
-        real_materialize(store, as_of)
+    def corrupting(store, tables, task):
+        real_write(store, tables, task)
         store.write_to_online_store("item_features", pd.DataFrame({
             "item_id": [11], "category": ["wrong"], "brand": ["zeta"], "price": [np.nan],
-            "in_stock": [0.0], "tags": [[]], "popularity": [2.0], "event_timestamp": [as_of]}))
+            "in_stock": [0.0], "tags": [[]], "popularity": [2.0],
+            "event_timestamp": [tables.as_of]}))
 
-    monkeypatch.setattr(feature_store, "materialize", corrupting)
+    monkeypatch.setattr(feature_store, "write_online", corrupting)
     result = cli("-w", root, "export-features")
     assert result.exit_code == 1
     assert "expected the online store to serve the exported rows, found mismatches " \
@@ -222,13 +223,13 @@ def test_redis_failure_deletes_its_own_keys_and_keeps_the_old_ones(
     root, payload = redis_store
     written = []
 
-    def half_done(store, as_of):
+    def half_done(store, tables, task):
         written.append(store.config.project)
-        real_materialize(store, as_of)  # the new project's keys exist now...
+        real_write(store, tables, task)  # the new project's keys exist now...
         raise RuntimeError("connection reset")  # ...and then the build fails
 
-    real_materialize = feature_store.materialize
-    monkeypatch.setattr(feature_store, "materialize", half_done)
+    real_write = feature_store.write_online
+    monkeypatch.setattr(feature_store, "write_online", half_done)
     result = cli("-w", root, "export-features", "--online-store", redis_url)
     assert result.exit_code == 1
     assert "RuntimeError: connection reset" in result.stderr

@@ -199,3 +199,14 @@ def test_early_stopping_scores_a_seeded_sample_of_validation_users(data):
     assert sampled.validation_users == 7
     assert [v["recall@20"] for v in sampled.validation] == \
         [v["recall@20"] for v in again.validation]  # the same users, the same curve
+
+
+def test_the_test_report_scores_a_seeded_sample_of_test_users(data):
+    from dataclasses import replace
+
+    config = replace(SMALL, epochs=1, test_users=5)
+    sampled = fit_retrieval(data, config)
+    assert sampled.test["users"] == 5 and sampled.metrics()["evaluated_users"] == 5
+    assert fit_retrieval(data, config).test == sampled.test  # the same users, the same numbers
+    everyone = fit_retrieval(data, replace(config, test_users=10_000))
+    assert everyone.test["users"] > 5
