@@ -7,12 +7,15 @@ usage: .venv/bin/python benchmarks/full_path.py [--dataset movielens|synthetic|b
 Every command runs as its own `mstage` subprocess; its peak resident memory is the child's
 `ru_maxrss` from `os.wait4`, so each stage is measured alone. Data and workspaces live in
 the git-ignored benchmarks/.data/ and benchmarks/.work/full_path/ (MovieLens-100K's license
-forbids committing it). Prints one Markdown block per data set, ready for RESULTS.md.
+forbids committing it). Prints one Markdown block per data set, ready for RESULTS.md
+(wall time, peak RSS and throughput per stage, then quality and latency), and keeps the
+measurements as JSON beside each workspace (benchmarks/.work/full_path/NAME.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -106,16 +109,39 @@ def run_dataset(name: str, stages, workspace: Path, args) -> dict:
     finally:
         if grpc is not None:
             run_measured(["stop", "--json"], workspace, log)
+        log.with_suffix(".json").write_text(json.dumps(measured, indent=1))
     return measured
 
 
-def markdown(name: str, measured: dict, note: str) -> str:
-    lines = [f"### {name}", "", note, "", "| stage | wall s | peak RSS MiB |", "|---|---|---|"]
+def stage_sizes(users: int, items: int, rows: int, eval_users: int) -> dict[str, tuple]:
+    """What each stage's throughput counts: (unit, how many it processed)."""
+    return {"generate-data": ("impressions/s", rows), "prepare-data": ("rows/s", rows),
+            "train-retrieval": ("impressions/s", rows), "train-ranking": ("impressions/s", rows),
+            "export-features": ("entities/s", users + items), "build-index": ("items/s", items),
+            "evaluate": ("users/s", eval_users)}
+
+
+def throughput(label: str, m: dict, sizes: dict[str, tuple]) -> str:
+    if label.startswith("bench") and m.get("result"):
+        return f"{max(lv['throughput_rps'] for lv in m['result']['levels']):,.0f} req/s (best)"
+    if label in sizes and m["seconds"] > 0:
+        unit, count = sizes[label]
+        return f"{count / m['seconds']:,.0f} {unit}"
+    return ""
+
+
+def markdown(name: str, measured: dict, note: str, sizes: dict[str, tuple] | None = None) -> str:
+    lines = [f"### {name}", "", note, "", "| stage | wall s | peak RSS MiB | throughput |",
+             "|---|---|---|---|"]
     for label, m in measured.items():
         if "failed" in m:
-            lines.append(f"| {label} | failed: {m['failed']} | |")
+            lines.append(f"| {label} | failed: {m['failed']} | | |")
         else:
-            lines.append(f"| {label} | {m['seconds']:.1f} | {m['peak_mib']:.0f} |")
+            lines.append(f"| {label} | {m['seconds']:.1f} | {m['peak_mib']:.0f} | "
+                         f"{throughput(label, m, sizes or {})} |")
+    done = [m for m in measured.values() if "failed" not in m]
+    lines.append(f"| **all stages** | **{sum(m['seconds'] for m in done):.1f}** | "
+                 f"**{max((m['peak_mib'] for m in done), default=0):.0f}** (largest) | |")
     evaluation = measured.get("evaluate", {}).get("result")
     if evaluation:
         stats = evaluation["stats"]
@@ -171,7 +197,8 @@ def main() -> None:
         measured = run_dataset("synthetic", stages, WORK / f"synthetic-{args.synthetic}", args)
         print(markdown(f"Synthetic {users:,} users x {items:,} items x {rows:,} impressions",
                        measured, f"{machine}; clicks as positives; train-retrieval --epochs "
-                       f"{args.retrieval_epochs}, train-ranking --epochs {args.ranking_epochs}"))
+                       f"{args.retrieval_epochs}, train-ranking --epochs {args.ranking_epochs}",
+                       stage_sizes(users, items, rows, args.eval_users)))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mstage.errors import InputError
+from mstage.models.embedding import RowEmbedding
 from mstage.models.encoders import ITEM_ID, FeatureEncoders, FeatureSpec
 from mstage.models.lite import LiteModel, export_lite
 from mstage.models.tensorflow_runtime import import_keras, import_tensorflow
@@ -67,8 +68,8 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
     for s in specs:
         if s.kind in ("numeric", "history"):
             continue
-        table = tables[s.name] = layers.Embedding(s.cardinality, embedding_dim,
-                                                  name=f"emb_{s.name}")
+        table = tables[s.name] = RowEmbedding(s.cardinality, embedding_dim,
+                                              name=f"emb_{s.name}")
         x = inputs[s.name]
         if s.kind == "multi":
             mask = ops.expand_dims(ops.cast(ops.greater(x, 0), "float32"), -1)  # [b, L, 1]

@@ -100,8 +100,8 @@ class SparseOptimizer:
 
         first = self.beta1 * tf.gather(m, rows) + (1.0 - self.beta1) * grad
         second = self.beta2 * tf.gather(s, rows) + (1.0 - self.beta2) * tf.square(grad)
-        m.scatter_update(tf.IndexedSlices(first, rows))
-        s.scatter_update(tf.IndexedSlices(second, rows))
+        tf.raw_ops.ResourceScatterUpdate(resource=m.handle, indices=rows, updates=first)
+        tf.raw_ops.ResourceScatterUpdate(resource=s.handle, indices=rows, updates=second)
         rate = (self.lr * tf.sqrt(1.0 - self.beta2 ** self.steps)
                 / (1.0 - self.beta1 ** self.steps))
         tf.raw_ops.ResourceScatterSub(resource=var.handle, indices=rows,

@@ -21,6 +21,7 @@ import numpy as np
 
 from mstage.errors import ArtifactMissing, TrainingDiverged
 from mstage.models import distribute
+from mstage.models.embedding import RowEmbedding
 from mstage.models.encoders import FeatureEncoders, FeatureSpec
 from mstage.models.lite import LiteModel, export_lite
 from mstage.models.retrieval_artifact import (
@@ -75,9 +76,9 @@ def build_tower(specs: list[FeatureSpec], params: TowerParams, name: str, histor
             continue
         width = params.embedding_dim if s.kind == "id" else min(params.feature_dim,
                                                                 params.embedding_dim)
-        table = keras.layers.Embedding(s.cardinality, width, name=f"{name}_{s.name}_embedding",
-                                       embeddings_initializer=keras.initializers.RandomNormal(
-                                           stddev=1.0 / math.sqrt(width)))
+        table = RowEmbedding(s.cardinality, width, name=f"{name}_{s.name}_embedding",
+                             embeddings_initializer=keras.initializers.RandomNormal(
+                                 stddev=1.0 / math.sqrt(width)))
         if s.kind == "multi":
             parts.append(MaskedMean(name=f"{name}_{s.name}_mean")(
                 [table(inputs[s.name]), inputs[s.name]]))
