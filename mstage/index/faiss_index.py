@@ -96,9 +96,37 @@ class FaissIndex:
         if not isinstance(k, int | np.integer) or k < 1:
             raise UsageError(f"expected k >= 1 results per query, found {k!r}")
         distances, ids = self.index.search(queries, int(k))
+        self._probe_further(queries, int(k), distances, ids)
         scores = distances if self.metric == "inner_product" else -distances
         scores = np.where(ids == PAD, -np.inf, scores).astype(np.float32, copy=False)
         return ids.astype(np.int64, copy=False), scores
+
+    def _probe_further(self, queries: np.ndarray, k: int, distances: np.ndarray,
+                       ids: np.ndarray) -> None:
+        """Complete the rows an IVF search left short, in place. Its `nprobe` is tuned for
+        recall of the top RECALL_K, but retrieval asks for more (its candidates plus what
+        filtering will drop); where the probed lists hold fewer than k items the row comes
+        back padded. Such rows are searched again with twice the lists, until they are full
+        or every list is probed."""
+        import faiss
+
+        short = np.flatnonzero((ids == PAD).any(axis=1))
+        if not short.size or self.on_gpu or k > self.n_items:
+            return
+        try:
+            nlist = faiss.extract_index_ivf(self.index).nlist
+        except RuntimeError:  # not an IVF index: padding means there are no more items
+            return
+        nprobe = int(self.search_params.get("nprobe", 1))
+        while short.size and nprobe < nlist:
+            nprobe = min(2 * nprobe, nlist)
+            try:
+                d, i = self.index.search(queries[short], k,
+                                         params=faiss.SearchParametersIVF(nprobe=nprobe))
+            except RuntimeError:  # a wrapper that takes no per-search parameters
+                return
+            distances[short], ids[short] = d, i
+            short = short[(i == PAD).any(axis=1)]
 
     def search_one(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for one query [dimension]: (ids [m], scores [m]) with padding dropped, m <= k."""

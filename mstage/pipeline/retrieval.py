@@ -144,19 +144,34 @@ class RetrieveCandidates(Stage):
         (`excluded` array). A history-aware query scores the user's own recent items high,
         and out-of-stock items never trained on can land anywhere: left in, they would crowd
         the n slots and the list be refilled from popularity. So the search fetches enough
-        more (at most 4n more for rule-excluded items) and keeps the best n others, in
-        order."""
+        more (the row's seen items, and at most 4n more for rule-excluded items) and keeps
+        the best n others, in order. Where the excluded items are a cluster of their own
+        (items never trained on share their features' embedding), that is not enough: rows
+        left short are searched again with 4x as many results, until full or the whole
+        catalog was searched."""
         if seen is None:
             seen = np.zeros((len(embeddings), 0), dtype=np.int64)
-        extra = seen.shape[1] + min(len(self.excluded), 4 * n)
-        if not extra:
+        k = n + seen.shape[1] + min(len(self.excluded), 4 * n)
+        if k == n:
             return self.index.search(embeddings, n)
-        ids, scores = self.index.search(embeddings, n + extra)
+        ids, scores, short = self._kept(embeddings, k, n, seen)
+        while short.size and k < self.index.n_items:
+            k = min(4 * k, self.index.n_items)
+            ids[short], scores[short], still = self._kept(embeddings[short], k, n, seen[short])
+            short = short[still]
+        return ids, scores
+
+    def _kept(self, embeddings: np.ndarray, k: int, n: int, seen: np.ndarray):
+        """The best n of the top k that filtering keeps ([b, n] ids and scores, padded), and
+        the rows that kept fewer than n while the index had more to give."""
+        ids, scores = self.index.search(embeddings, k)
         drop = in_rows(ids, seen) | self.excluded.find(ids)[1]
         order = np.argsort(drop, axis=1, kind="stable")[:, :n]
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
         dropped = np.take_along_axis(drop, order, 1)
-        return np.where(dropped, PAD, ids), np.where(dropped, -np.inf, scores).astype(np.float32)
+        ids, scores = np.where(dropped, PAD, ids), np.where(dropped, -np.inf, scores)
+        short = np.flatnonzero((ids == PAD).any(axis=1) & (k < self.index.n_items))
+        return ids, scores.astype(np.float32), short
 
     def run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = int(self.params["candidates"])

@@ -94,3 +94,14 @@ def test_dlrm_on_two_workers_learns_like_one_process(tmp_path):
     # The mean of the two halves' mean gradients is the whole batch's: the same model up to
     # the order of float sums (here the AUC came out equal).
     assert auc[0] == pytest.approx(alone["test_auc"], abs=AUC_TOLERANCE)
+
+
+@pytest.mark.parametrize("value", ['{"cluster": {}}', "workers=2"])
+def test_a_malformed_tf_config_is_a_usage_error(tmp_path, value):
+    publish_prepared(tmp_path / "ws")
+    done = subprocess.run([sys.executable, "-m", "mstage", "--workspace", str(tmp_path / "ws"),
+                           *RANKING], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CONFIG": value})
+    assert done.returncode == 2, done.stderr
+    assert "expected TF_CONFIG as JSON with cluster.worker" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -32,35 +32,62 @@ def stage(recommender, name):
     return recommender.plan.stage(name)
 
 
-def test_retrieval_is_exact_inner_product_top_n(recommender, users, pipeline_workspace):
+def exact_retrieval(workspace, users):
+    """An independent oracle of the retrieval stage: (which users are cold, the query
+    tower's inner products with every item [users, items], the item ids, each user's recent
+    items)."""
     from mstage.features.online import OnlineFeatures
     from mstage.models.two_tower import load_query_tower
 
-    out = stage(recommender, "retrieval")({"user_id": users})
-    # oracle: the query tower's embedding dotted with every item embedding, by numpy
-    items = pd.read_parquet(pipeline_workspace / "retrieval" / "item_embeddings.parquet")
+    items = pd.read_parquet(workspace / "retrieval" / "item_embeddings.parquet")
     table = np.stack(items["embedding"].to_numpy()).astype(np.float32)
-    tower = load_query_tower(pipeline_workspace / "retrieval")
-    features = OnlineFeatures.open(pipeline_workspace / "features").users(users)
+    tower = load_query_tower(workspace / "retrieval")
+    features = OnlineFeatures.open(workspace / "features").users(users)
     # users without a trained id (no train clicks) and users the store lacks are cold
     cold = ~(features.pop("found") & (tower.encoders.user_ids.lookup(users) > 0))
     recent = features.pop("recent_items")  # the query tower reads the user's recent items
+    return cold, tower(features, recent) @ table.T, items["item_id"].to_numpy(), recent
+
+
+def assert_best_allowed(out, row, scores, ids, excluded, n):
+    """The row's candidates are the best n items outside `excluded`, with their scores."""
+    allowed = ~np.isin(ids, list(excluded))
+    best = np.flatnonzero(allowed)[np.argsort(-scores[allowed], kind="stable")][:n]
+    np.testing.assert_allclose(out["retrieval_scores"][row], scores[best], atol=1e-4)
+    assert set(out["candidate_ids"][row]) == set(ids[best])
+
+
+def test_retrieval_is_exact_inner_product_top_n(recommender, users, pipeline_workspace):
+    out = stage(recommender, "retrieval")({"user_id": users})
+    cold, scores, ids, recent = exact_retrieval(pipeline_workspace, users)
     assert out["cold_start"].tolist() == cold.astype(int).tolist()
     assert cold[-1] and (~cold).sum() >= 10
-    scores = tower(features, recent) @ table.T
     # the search skips what filtering would drop: the user's recent items, out-of-stock ones
     catalog = pd.read_parquet(pipeline_workspace / "data" / "items.parquet")
     out_of_stock = set(catalog.loc[catalog["in_stock"] == 0, "item_id"])
-    ids = items["item_id"].to_numpy()
     for row in np.flatnonzero(~cold):
-        allowed = ~np.isin(ids, list(out_of_stock | set(recent[row].tolist())))
-        best = np.flatnonzero(allowed)[np.argsort(-scores[row][allowed], kind="stable")][:60]
-        np.testing.assert_allclose(out["retrieval_scores"][row], scores[row][best], atol=1e-4)
-        assert set(out["candidate_ids"][row]) == set(ids[best])
+        assert_best_allowed(out, row, scores[row], ids, out_of_stock | set(recent[row]), 60)
     # cold users get the most popular items, best first
     popular = stage(recommender, "retrieval").arrays["popular"][:60]
     for row in np.flatnonzero(cold):
         assert out["candidate_ids"][row].tolist() == popular.tolist()
+
+
+def test_retrieval_searches_further_when_the_excluded_items_fill_its_first_results(
+        recommender, users, pipeline_workspace):
+    """Excluded items can crowd the top of a user's search (items never trained on share
+    their features' embedding); the stage must still return the best n allowed items."""
+    retrieval = stage(recommender, "retrieval")
+    cold, scores, ids, recent = exact_retrieval(pipeline_workspace, users)
+    row = int(np.flatnonzero(~cold)[0])
+    # 10 candidates: the first search fetches 10 + 50 (recent) + 40 (4n) = 100 of the 150
+    # items, of which the 95 best are excluded here
+    crowd = ids[np.argsort(-scores[row], kind="stable")[:95]]
+    narrow = type(retrieval)({**retrieval.params, "candidates": 10},
+                             {**retrieval.arrays, "excluded": np.sort(crowd)}, retrieval.sources)
+    out = narrow({"user_id": users[[row]]})
+    assert (out["candidate_ids"][0] != PAD).all()
+    assert_best_allowed(out, 0, scores[row], ids, set(crowd) | set(recent[row]), 10)
 
 
 def test_filtering_drops_seen_and_out_of_stock(recommender, users, pipeline_workspace):

@@ -118,6 +118,23 @@ def test_factory_string_gets_item_ids_and_tuned_nprobe():
     assert set(index.search(items[:5], 10)[0].ravel()) <= set(ids.tolist())
 
 
+def test_ivf_rows_the_probed_lists_cannot_fill_are_probed_further():
+    """nprobe is tuned for the top 100; asked for more than its lists hold, IVF pads the row.
+    The search probes more lists for those rows, so every row is full and exact at nlist."""
+    items, ids = clustered(3000, 16, seed=6), np.arange(3000)
+    index = build_index(items, ids, "IVF32,Flat")
+    index.set_search_params({"nprobe": 1})
+    queries = normalised(np.random.default_rng(1).normal(size=(20, 16)))
+    raw_ids = index.index.search(queries, 400)[1]
+    assert (raw_ids == PAD).any(axis=1).all()  # one list of ~94 items cannot fill 400
+    found, scores = index.search(queries, 400)
+    assert (found != PAD).all() and np.isfinite(scores).all()
+    assert index.search_params == {"nprobe": 1}  # the tuned value stays for other searches
+    everything, scores = index.search(queries, 3000)  # every list probed: all items, in order
+    assert (np.sort(everything, axis=1) == ids).all()
+    np.testing.assert_allclose(scores, oracle(items, ids, queries, 3000)[1], atol=1e-5)
+
+
 def test_recall_at_k_hand_computed():
     # row 1: {1,2,3} ∩ {3,2,9} = 2 of 3; row 2: nothing in common -> mean (2/3 + 0) / 2 = 1/3
     found = np.array([[1, 2, 3], [4, 5, 6]])
