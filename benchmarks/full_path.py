@@ -2,7 +2,7 @@
 
 usage: .venv/bin/python benchmarks/full_path.py [--dataset movielens|synthetic|both]
            [--synthetic 100000x100000x2000000] [--retrieval-epochs N] [--ranking-epochs N]
-           [--eval-users N] [--bench-requests N] [--triton] [--keep]
+           [--eval-users N] [--bench-requests N] [--triton] [--keep [--from STAGE]]
 
 Every command runs as its own `mstage` subprocess; its peak resident memory is the child's
 `ru_maxrss` from `os.wait4`, so each stage is measured alone. Data and workspaces live in
@@ -89,6 +89,11 @@ def run_dataset(name: str, stages, workspace: Path, args) -> dict:
     measured: dict[str, dict] = {}
     all_stages = stages + model_stages(args) + (triton_stages(args)
                                                 if args.triton else [])
+    if args.start:  # re-measure from this stage on, over the kept workspace's artifacts
+        labels = [label for label, _ in all_stages]
+        if args.start not in labels:
+            raise SystemExit(f"--from expects one of {', '.join(labels)}, found {args.start!r}")
+        all_stages = all_stages[labels.index(args.start):]
     grpc = None
     try:
         for label, command in all_stages:
@@ -109,7 +114,8 @@ def run_dataset(name: str, stages, workspace: Path, args) -> dict:
     finally:
         if grpc is not None:
             run_measured(["stop", "--json"], workspace, log)
-        log.with_suffix(".json").write_text(json.dumps(measured, indent=1))
+        log.with_suffix(f".{args.start}.json" if args.start else ".json").write_text(
+            json.dumps(measured, indent=1))
     return measured
 
 
@@ -180,6 +186,8 @@ def main() -> None:
     parser.add_argument("--triton", action="store_true",
                         help="also build-ensemble, serve, and bench through Triton (gRPC)")
     parser.add_argument("--keep", action="store_true", help="reuse existing workspaces")
+    parser.add_argument("--from", dest="start", metavar="STAGE",
+                        help="with --keep: run only STAGE and the stages after it")
     args = parser.parse_args()
     machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 

@@ -43,6 +43,26 @@ ADD_CHUNK = 100_000
 DEFAULT_EXACT_BELOW = 50_000
 
 
+class Skip:
+    """Item ids a search passes over, as Faiss search parameters (an IDSelector): the
+    search then returns the best k others, however many of the skipped items rank above
+    them. `nprobe` is the IVF setting to search with (None: an exact index)."""
+
+    def __init__(self, item_ids: np.ndarray, nprobe: int | None):
+        import faiss
+
+        self.item_ids, self.nprobe = item_ids, nprobe
+        self._batch = faiss.IDSelectorBatch(item_ids)  # referenced by the selector below
+        self._selector = faiss.IDSelectorNot(self._batch)
+
+    def params(self, nprobe: int | None = None):
+        import faiss
+
+        if self.nprobe is None:
+            return faiss.SearchParameters(sel=self._selector)
+        return faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe, sel=self._selector)
+
+
 class FaissIndex:
     """A faiss index whose ids are item ids, with its metric and tuned search parameters.
 
@@ -86,8 +106,10 @@ class FaissIndex:
                 ) from None
         self.metadata["search_params"] = {**self.search_params, **params}
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items per query: (ids [b, k] int64, scores [b, k] float32), best first.
+    def search(self, queries: np.ndarray, k: int, skip: Skip | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items per query: (ids [b, k] int64, scores [b, k] float32), best first;
+        with `skip` (from `skipping`), its items are passed over inside the search.
 
         queries: [b, dimension]. Where fewer than k items are found, ids are -1 (PAD)
         and scores -inf, so padding sorts last and is easy to drop.
@@ -95,14 +117,39 @@ class FaissIndex:
         queries = self._check_queries(queries)
         if not isinstance(k, int | np.integer) or k < 1:
             raise UsageError(f"expected k >= 1 results per query, found {k!r}")
-        distances, ids = self.index.search(queries, int(k))
-        self._probe_further(queries, int(k), distances, ids)
+        if skip is None:
+            distances, ids = self.index.search(queries, int(k))
+        else:
+            distances, ids = self.index.search(queries, int(k), params=skip.params())
+        self._probe_further(queries, int(k), distances, ids, skip)
         scores = distances if self.metric == "inner_product" else -distances
         scores = np.where(ids == PAD, -np.inf, scores).astype(np.float32, copy=False)
         return ids.astype(np.int64, copy=False), scores
 
+    def skipping(self, item_ids: np.ndarray) -> Skip | None:
+        """What makes `search` pass over `item_ids` (a Faiss IDSelector): exact and IVF
+        indexes on the CPU; None elsewhere (the caller then fetches more and drops them)."""
+        import faiss
+
+        if self.on_gpu or not len(item_ids):
+            return None
+        try:
+            faiss.extract_index_ivf(self.index)
+            nprobe = int(self.search_params.get("nprobe", 1))
+        except RuntimeError:  # not IVF: only the exact index is known to take a selector
+            if self.metadata.get("kind") != "flat":
+                return None
+            nprobe = None
+        skip = Skip(np.ascontiguousarray(item_ids, dtype=np.int64), nprobe)
+        try:  # a wrapper (e.g. a pre-transform) may take no per-search parameters
+            self.index.search(np.zeros((1, self.dimension), np.float32), 1,
+                              params=skip.params())
+        except RuntimeError:
+            return None
+        return skip
+
     def _probe_further(self, queries: np.ndarray, k: int, distances: np.ndarray,
-                       ids: np.ndarray) -> None:
+                       ids: np.ndarray, skip: Skip | None) -> None:
         """Complete the rows an IVF search left short, in place. Its `nprobe` is tuned for
         recall of the top RECALL_K, but retrieval asks for more (its candidates plus what
         filtering will drop); where the probed lists hold fewer than k items the row comes
@@ -120,9 +167,10 @@ class FaissIndex:
         nprobe = int(self.search_params.get("nprobe", 1))
         while short.size and nprobe < nlist:
             nprobe = min(2 * nprobe, nlist)
+            params = (faiss.SearchParametersIVF(nprobe=nprobe) if skip is None
+                      else skip.params(nprobe))
             try:
-                d, i = self.index.search(queries[short], k,
-                                         params=faiss.SearchParametersIVF(nprobe=nprobe))
+                d, i = self.index.search(queries[short], k, params=params)
             except RuntimeError:  # a wrapper that takes no per-search parameters
                 return
             distances[short], ids[short] = d, i

@@ -137,23 +137,26 @@ class RetrieveCandidates(Stage):
         self.forward = FeatureEncoders.load(self.sources["ranking"] / dlrm.ENCODERS_DIR)
         # A lookup table, built once: np.isin would sort the whole list on every request.
         self.excluded = IdLookup(self.arrays.get("excluded", np.zeros(0, dtype=np.int64)))
+        # Where the index can, its search passes over them itself.
+        self.skip = self.index.skipping(self.excluded.ids)
 
     def _search(self, embeddings: np.ndarray, n: int, seen: np.ndarray | None):
         """Faiss top-n per query ([b, n] ids and scores), skipping what filtering would drop:
         each row's `seen` ids ([b, R], -1 padded) and the items business rules exclude
         (`excluded` array). A history-aware query scores the user's own recent items high,
-        and out-of-stock items never trained on can land anywhere: left in, they would crowd
-        the n slots and the list be refilled from popularity. So the search fetches enough
-        more (the row's seen items, and at most 4n more for rule-excluded items) and keeps
-        the best n others, in order. Where the excluded items are a cluster of their own
-        (items never trained on share their features' embedding), that is not enough: rows
-        left short are searched again with 4x as many results, until full or the whole
-        catalog was searched."""
+        and out-of-stock items never trained on can land anywhere (they share their
+        features' embedding, so they come in crowds): left in, they would crowd the n slots
+        and the list be refilled from popularity. The index passes over the excluded items
+        inside its search where it can (`FaissIndex.skipping`); the search fetches R more
+        for the seen items (and, without skipping, at most 4n more for excluded ones) and
+        keeps the best n others, in order. Rows still short are searched again with 4x as
+        many results, until full or the whole catalog was searched."""
         if seen is None:
             seen = np.zeros((len(embeddings), 0), dtype=np.int64)
-        k = n + seen.shape[1] + min(len(self.excluded), 4 * n)
+        over = 0 if self.skip is not None else min(len(self.excluded), 4 * n)
+        k = n + seen.shape[1] + over
         if k == n:
-            return self.index.search(embeddings, n)
+            return self.index.search(embeddings, n, self.skip)
         ids, scores, short = self._kept(embeddings, k, n, seen)
         while short.size and k < self.index.n_items:
             k = min(4 * k, self.index.n_items)
@@ -164,7 +167,7 @@ class RetrieveCandidates(Stage):
     def _kept(self, embeddings: np.ndarray, k: int, n: int, seen: np.ndarray):
         """The best n of the top k that filtering keeps ([b, n] ids and scores, padded), and
         the rows that kept fewer than n while the index had more to give."""
-        ids, scores = self.index.search(embeddings, k)
+        ids, scores = self.index.search(embeddings, k, self.skip)
         drop = in_rows(ids, seen) | self.excluded.find(ids)[1]
         order = np.argsort(drop, axis=1, kind="stable")[:, :n]
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)

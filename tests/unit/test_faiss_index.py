@@ -135,6 +135,27 @@ def test_ivf_rows_the_probed_lists_cannot_fill_are_probed_further():
     np.testing.assert_allclose(scores, oracle(items, ids, queries, 3000)[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["flat", "IVF32,Flat"])
+def test_a_search_can_pass_over_items_that_crowd_its_top(kind):
+    items, ids = clustered(3000, 16, seed=7), np.arange(3000) * 2
+    index = build_index(items, ids, kind, exact_below=10_000)
+    queries = normalised(np.random.default_rng(2).normal(size=(10, 16)))
+    crowd = np.unique(index.search(queries, 300)[0])  # every query's best 300
+    found, scores = index.search(queries, 50, index.skipping(crowd))
+    assert (found != PAD).all() and not np.isin(found, crowd).any()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    if kind == "flat":  # exact: the best 50 of the others (IVF: of its probed lists)
+        allowed = ~np.isin(ids, crowd)
+        best_ids, best_scores = oracle(items[allowed], ids[allowed], queries, 50)
+        np.testing.assert_array_equal(found, best_ids)
+        np.testing.assert_allclose(scores, best_scores, atol=1e-5)
+
+
+def test_skipping_is_none_without_items_to_skip():
+    index = build_index(clustered(100, 8), np.arange(100), "flat")
+    assert index.skipping(np.zeros(0, dtype=np.int64)) is None
+
+
 def test_recall_at_k_hand_computed():
     # row 1: {1,2,3} ∩ {3,2,9} = 2 of 3; row 2: nothing in common -> mean (2/3 + 0) / 2 = 1/3
     found = np.array([[1, 2, 3], [4, 5, 6]])
