@@ -51,7 +51,7 @@ class Skip:
     def __init__(self, item_ids: np.ndarray, nprobe: int | None):
         import faiss
 
-        self.item_ids, self.nprobe = item_ids, nprobe
+        self.nprobe = nprobe
         self._batch = faiss.IDSelectorBatch(item_ids)  # referenced by the selector below
         self._selector = faiss.IDSelectorNot(self._batch)
 
