@@ -44,23 +44,14 @@ DEFAULT_EXACT_BELOW = 50_000
 
 
 class Skip:
-    """Item ids a search passes over, as Faiss search parameters (an IDSelector): the
-    search then returns the best k others, however many of the skipped items rank above
-    them. `nprobe` is the IVF setting to search with (None: an exact index)."""
+    """Item ids a search passes over (a Faiss IDSelector): the search then returns the best k
+    others, however many of the skipped items rank above them."""
 
-    def __init__(self, item_ids: np.ndarray, nprobe: int | None):
+    def __init__(self, item_ids: np.ndarray):
         import faiss
 
-        self.nprobe = nprobe
         self._batch = faiss.IDSelectorBatch(item_ids)  # referenced by the selector below
-        self._selector = faiss.IDSelectorNot(self._batch)
-
-    def params(self, nprobe: int | None = None):
-        import faiss
-
-        if self.nprobe is None:
-            return faiss.SearchParameters(sel=self._selector)
-        return faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe, sel=self._selector)
+        self.selector = faiss.IDSelectorNot(self._batch)
 
 
 class FaissIndex:
@@ -120,7 +111,7 @@ class FaissIndex:
         if skip is None:
             distances, ids = self.index.search(queries, int(k))
         else:
-            distances, ids = self.index.search(queries, int(k), params=skip.params())
+            distances, ids = self.index.search(queries, int(k), params=self._params(skip))
         self._probe_further(queries, int(k), distances, ids, skip)
         scores = distances if self.metric == "inner_product" else -distances
         scores = np.where(ids == PAD, -np.inf, scores).astype(np.float32, copy=False)
@@ -129,24 +120,37 @@ class FaissIndex:
     def skipping(self, item_ids: np.ndarray) -> Skip | None:
         """What makes `search` pass over `item_ids` (a Faiss IDSelector): exact and IVF
         indexes on the CPU; None elsewhere (the caller then fetches more and drops them)."""
-        import faiss
-
         if self.on_gpu or not len(item_ids):
             return None
-        try:
-            faiss.extract_index_ivf(self.index)
-            nprobe = int(self.search_params.get("nprobe", 1))
-        except RuntimeError:  # not IVF: only the exact index is known to take a selector
-            if self.metadata.get("kind") != "flat":
-                return None
-            nprobe = None
-        skip = Skip(np.ascontiguousarray(item_ids, dtype=np.int64), nprobe)
+        if self._ivf() is None and self.metadata.get("kind") != "flat":
+            return None  # only the exact and IVF indexes are known to take a selector
+        skip = Skip(np.ascontiguousarray(item_ids, dtype=np.int64))
         try:  # a wrapper (e.g. a pre-transform) may take no per-search parameters
             self.index.search(np.zeros((1, self.dimension), np.float32), 1,
-                              params=skip.params())
+                              params=self._params(skip))
         except RuntimeError:
             return None
         return skip
+
+    def _ivf(self) -> Any:
+        """The IVF index inside this one, or None."""
+        import faiss
+
+        try:
+            return faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
+    def _params(self, skip: Skip | None, nprobe: int | None = None) -> Any:
+        """Per-search parameters: for IVF `nprobe` (the tuned one by default), and `skip`'s
+        selector."""
+        import faiss
+
+        selector = {} if skip is None else {"sel": skip.selector}
+        if self._ivf() is None:
+            return faiss.SearchParameters(**selector)
+        nprobe = nprobe or int(self.search_params.get("nprobe", 1))
+        return faiss.SearchParametersIVF(nprobe=nprobe, **selector)
 
     def _probe_further(self, queries: np.ndarray, k: int, distances: np.ndarray,
                        ids: np.ndarray, skip: Skip | None) -> None:
@@ -155,22 +159,15 @@ class FaissIndex:
         filtering will drop); where the probed lists hold fewer than k items the row comes
         back padded. Such rows are searched again with twice the lists, until they are full
         or every list is probed."""
-        import faiss
-
         short = np.flatnonzero((ids == PAD).any(axis=1))
-        if not short.size or self.on_gpu or k > self.n_items:
-            return
-        try:
-            nlist = faiss.extract_index_ivf(self.index).nlist
-        except RuntimeError:  # not an IVF index: padding means there are no more items
-            return
+        ivf = self._ivf()
+        if not short.size or self.on_gpu or k > self.n_items or ivf is None:
+            return  # without IVF, padding means there are no more items
         nprobe = int(self.search_params.get("nprobe", 1))
-        while short.size and nprobe < nlist:
-            nprobe = min(2 * nprobe, nlist)
-            params = (faiss.SearchParametersIVF(nprobe=nprobe) if skip is None
-                      else skip.params(nprobe))
+        while short.size and nprobe < ivf.nlist:
+            nprobe = min(2 * nprobe, ivf.nlist)
             try:
-                d, i = self.index.search(queries[short], k, params=params)
+                d, i = self.index.search(queries[short], k, params=self._params(skip, nprobe))
             except RuntimeError:  # a wrapper that takes no per-search parameters
                 return
             distances[short], ids[short] = d, i

@@ -168,7 +168,9 @@ class RetrieveCandidates(Stage):
         """The best n of the top k that filtering keeps ([b, n] ids and scores, padded), and
         the rows that kept fewer than n while the index had more to give."""
         ids, scores = self.index.search(embeddings, k, self.skip)
-        drop = in_rows(ids, seen) | self.excluded.find(ids)[1]
+        drop = in_rows(ids, seen)
+        if self.skip is None:  # else the index passed over the excluded items itself
+            drop |= self.excluded.find(ids)[1]
         order = np.argsort(drop, axis=1, kind="stable")[:, :n]
         ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
         dropped = np.take_along_axis(drop, order, 1)
