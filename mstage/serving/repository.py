@@ -10,24 +10,29 @@ Layout (`REPO` is what `tritonserver --model-repository` reads):
     REPO/<ensemble>/1/                 empty, Triton wants a version directory
 
 Wiring is the Plan's, the same the in-process pipeline runs: a stage reads each input from
-the latest earlier stage that wrote a column of that name, else from the request; a stage
-output becomes the ensemble tensor `<model>.<column>`, except the last writer of each
-response column, which writes the plain name. With `max_batch_size > 0`
-every model (ensemble included) batches along the first dimension, so config dims drop it:
-a `(-1,)` column is `dims: [1]` reshaped to `[]` (one value per row, a `[B]` array for the
-stage) and a `(-1, N)` column is `dims: [N]`.
+the latest earlier stage that wrote a column of that name, else from the request. The
+columns a step hands to later steps travel packed in one byte tensor `<model>.packed`
+(mstage/serving/wire.py; a reader's input `packed_<step>`), except those of variable width,
+which become `<model>.<column>`; the last writer of each response column writes the plain
+name. Each stage's config records the layout in its `mstage_wire` parameter. With
+`max_batch_size > 0` every model (ensemble included) batches along the first dimension, so
+config dims drop it: a `(-1,)` column is `dims: [1]` reshaped to `[]` (one value per row, a
+`[B]` array for the stage) and a `(-1, N)` column is `dims: [N]`.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mstage.columns import ColumnSpec
 from mstage.errors import ConfigError, UsageError
-from mstage.pipeline.plan import Plan
-from mstage.serving.python_model import ARTIFACTS_DIR, CODE_DIR
+from mstage.pipeline.plan import Plan, Step
+from mstage.serving.python_model import ARTIFACTS_DIR, CODE_DIR, WIRE_PARAMETER
+from mstage.serving.wire import PACKED, ModelWire, Packing, packable, packed_input
 
 ENSEMBLE = "mstage_recommender"
 DEVICES = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -52,6 +57,7 @@ def write_repository(
     max_batch_size: int = 64,
     max_queue_delay_us: int = 200,
     code: Sequence[Path] = (),
+    pack: bool = True,
 ) -> list[str]:
     """Write the model repository of `plan` into `repo_dir` (absent or empty); returns the
     model names, ensemble last.
@@ -60,7 +66,8 @@ def write_repository(
     repository holds no paths outside itself; stage `s` becomes model `<model_prefix>s`.
     `code` lists extra single-file modules copied next to every model (for stages whose
     class lives outside the mstage package). `max_batch_size=0` turns Triton batching off:
-    config dims then keep the batch dimension.
+    config dims then keep the batch dimension. `pack=False` sends every column as its own
+    tensor (what packing saves is measured against that).
     """
     if device not in DEVICES:
         raise ConfigError(f"expected device cpu or gpu, found {device!r}")
@@ -77,7 +84,7 @@ def write_repository(
     if repo_dir.exists() and any(repo_dir.iterdir()):
         raise UsageError(f"expected an empty directory for the model repository, found files in "
                          f"{repo_dir}; choose another path or remove it")
-    wired = _wiring(plan, model_prefix)
+    wires = _wires(plan, model_prefix, pack)
     for model, step in zip(models, plan.steps, strict=True):
         version_dir = repo_dir / model / "1"
         step.stage.save(version_dir / ARTIFACTS_DIR)
@@ -85,28 +92,31 @@ def write_repository(
         for module in code:
             (version_dir / CODE_DIR).mkdir(exist_ok=True)
             shutil.copy2(module, version_dir / CODE_DIR / Path(module).name)
-        # Only what a later step or the response reads: every output costs the stub ~0.3 ms.
-        used = [c for c in step.stage.outputs if c.name in wired[step.name]]
+        wire = wires[step.name]
         (repo_dir / model / "config.pbtxt").write_text(stage_config(
-            model, step.stage.inputs, used, device=device,
+            model, wire.inputs(step), wire.outputs(step), device=device,
             instances=instances, max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us))
+            max_queue_delay_us=max_queue_delay_us, wire=wire.model))
     (repo_dir / name / "1").mkdir(parents=True)
     (repo_dir / name / "config.pbtxt").write_text(
         ensemble_config(plan, name=name, model_prefix=model_prefix,
-                        max_batch_size=max_batch_size))
+                        max_batch_size=max_batch_size, pack=pack))
     return [*models, name]
 
 
 def stage_config(
     model: str, inputs: Sequence[ColumnSpec], outputs: Sequence[ColumnSpec], *,
     device: str = "cpu", instances: int = 1, max_batch_size: int = 64,
-    max_queue_delay_us: int = 200,
+    max_queue_delay_us: int = 200, wire: ModelWire | None = None,
 ) -> str:
-    """config.pbtxt of one python-backend stage."""
+    """config.pbtxt of one python-backend stage; `wire` is what it packs and unpacks."""
     lines = [f'name: "{model}"', 'backend: "python"', f"max_batch_size: {max_batch_size}"]
     lines += _tensors("input", inputs, max_batch_size)
     lines += _tensors("output", outputs, max_batch_size)
+    if wire is not None:
+        value = json.dumps(json.dumps(wire.to_json(), separators=(",", ":")))
+        lines += ["parameters {", f'  key: "{WIRE_PARAMETER}"',
+                  f"  value: {{ string_value: {value} }}", "}"]
     lines += ["instance_group [", "  {", f"    count: {instances}",
               f"    kind: {DEVICES[device]}", "  }", "]"]
     if max_batch_size > 0:
@@ -116,13 +126,9 @@ def stage_config(
 
 
 def ensemble_config(plan: Plan, *, name: str = ENSEMBLE, model_prefix: str = "",
-                    max_batch_size: int = 64) -> str:
+                    max_batch_size: int = 64, pack: bool = True) -> str:
     """config.pbtxt of the ensemble that chains the plan's stages."""
-    outputs = _wiring(plan, model_prefix)
-
-    def tensor(producer: str | None, column: str) -> str:
-        return column if producer is None else outputs[producer][column]
-
+    wires = _wires(plan, model_prefix, pack)
     lines = [f'name: "{name}"', 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
     lines += _tensors("input", plan.inputs, max_batch_size, reshape=False)
     lines += _tensors("output", plan.outputs, max_batch_size, reshape=False)
@@ -130,32 +136,78 @@ def ensemble_config(plan: Plan, *, name: str = ENSEMBLE, model_prefix: str = "",
     for i, step in enumerate(plan.steps):
         lines += ["    {", f'      model_name: "{model_prefix}{step.name}"',
                   "      model_version: -1"]
-        lines += [f'      input_map {{ key: "{column}" value: "{tensor(producer, column)}" }}'
-                  for column, producer in step.sources.items()]
-        declared = [c.name for c in step.stage.outputs]  # configs read like the stage
-        lines += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in
-                  sorted(outputs[step.name].items(), key=lambda kv: declared.index(kv[0]))]
+        wire = wires[step.name]
+        lines += [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in wire.reads.items()]
+        lines += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in wire.writes.items()]
         lines.append("    }" + ("," if i < len(plan.steps) - 1 else ""))
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"
 
 
-def _wiring(plan: Plan, model_prefix: str) -> dict[str, dict[str, str]]:
-    """Step -> {output column: ensemble tensor} for the outputs some later step or the
-    response reads; a response column keeps its own name."""
+@dataclass
+class _StepWire:
+    """How one step's tensors are named in the ensemble: model input -> ensemble tensor
+    (`reads`), model output -> ensemble tensor (`writes`), and what the model packs."""
 
-    def tensor(producer: str, column: str) -> str:
-        final = column in plan.response and plan.last_writer.get(column) == producer
-        return column if final else f"{model_prefix}{producer}.{column}"
+    reads: dict[str, str] = field(default_factory=dict)
+    writes: dict[str, str] = field(default_factory=dict)
+    plain: list[str] = field(default_factory=list)  # output columns written as themselves
+    packing: Packing | None = None
+    unpacks: dict[str, Packing] = field(default_factory=dict)
 
-    outputs: dict[str, dict[str, str]] = {step.name: {} for step in plan.steps}
+    @property
+    def model(self) -> ModelWire:
+        return ModelWire(tuple(self.plain), self.packing, self.unpacks)
+
+    def inputs(self, step: Step) -> list[ColumnSpec]:
+        """The model's declared inputs: its plain ones, then one per packed tensor it reads."""
+        plain = [c for c in step.stage.inputs
+                 if c.name in self.reads or c.name not in step.sources]  # unwired: optional
+        return plain + [ColumnSpec(k, "uint8", (-1, p.width)) for k, p in self.unpacks.items()]
+
+    def outputs(self, step: Step) -> list[ColumnSpec]:
+        """The model's declared outputs: only what a later step or the response reads."""
+        plain = [c for c in step.stage.outputs if c.name in self.plain]
+        return plain + ([self.packing.spec] if self.packing else [])
+
+
+def _wires(plan: Plan, model_prefix: str, pack: bool) -> dict[str, _StepWire]:
+    """Each step's tensors in the ensemble. A column a later step reads travels in its
+    producer's packed tensor when it has fixed width (and `pack`); otherwise, and for the
+    response, as itself: `<model>.<column>`, or the plain name from its response writer."""
+    wires = {step.name: _StepWire() for step in plan.steps}
+    read = {step.name: [] for step in plan.steps}  # producer -> columns later steps read
     for step in plan.steps:
         for column, producer in step.sources.items():
-            if producer is not None:
-                outputs[producer][column] = tensor(producer, column)
-    for column in plan.response:
-        outputs[plan.last_writer[column]][column] = column
-    return outputs
+            if producer is not None and column not in read[producer]:
+                read[producer].append(column)
+    for step in plan.steps:
+        wire, model = wires[step.name], model_prefix + step.name
+        specs = {c.name: c for c in step.stage.outputs}
+        final = [c for c in specs if c in plan.response and plan.last_writer[c] == step.name]
+        packed = [specs[c] for c in read[step.name]
+                  if pack and c not in final and packable(specs[c])]
+        for column in specs:  # in the stage's declared order, as the configs read
+            if column in final:
+                wire.plain.append(column)
+                wire.writes[column] = column
+            elif column in read[step.name] and specs[column] not in packed:
+                wire.plain.append(column)
+                wire.writes[column] = f"{model}.{column}"
+        if packed:
+            wire.packing = Packing.of(packed)
+            wire.writes[PACKED] = f"{model}.{PACKED}"
+        for column, producer in step.sources.items():
+            if producer is None:
+                wire.reads[column] = column
+                continue
+            source = wires[producer]
+            if source.packing and column in [c.name for c in source.packing.columns]:
+                wire.unpacks[packed_input(producer)] = source.packing
+                wire.reads[packed_input(producer)] = source.writes[PACKED]
+            else:
+                wire.reads[column] = source.writes[column]
+    return wires
 
 
 def _tensors(kind: str, specs: Sequence[ColumnSpec], max_batch_size: int,

@@ -89,9 +89,11 @@ def test_wrong_dtype_from_raw_client_names_the_input_and_server_stays_up(toy_ser
 def test_missing_input_from_raw_client_names_the_input_and_server_stays_up(toy_server):
     from tritonclient.utils import InferenceServerException
 
-    with pytest.raises(InferenceServerException, match="scores"):
+    # toy_order reads toy_candidates' columns packed (mstage/serving/wire.py)
+    expected = "expected input 'packed_toy_candidates' holding item_ids, scores"
+    with pytest.raises(InferenceServerException, match=expected):
         raw_infer(toy_server.endpoints.grpc_url, "toy_order",
-                   {"item_ids": (np.array([[1, 2]], dtype=np.int64), "INT64")})
+                   {"top_k": (np.array([[1]], dtype=np.int64), "INT64")})
     _assert_still_serving(toy_server)
 
 

@@ -12,6 +12,7 @@ from mstage.pipeline.plan import Plan
 from mstage.pipeline.stage import Stage
 from mstage.serving.python_model import StageRunner, make_model
 from mstage.serving.repository import write_repository
+from mstage.serving.wire import ModelWire, Packing
 
 
 class FakePb:
@@ -154,3 +155,37 @@ def test_make_model_loads_the_operator_from_the_repository(tmp_path, monkeypatch
     assert response.outputs["item_ids"].tolist() == [[6], [15]]  # 2*3, 5*3
     assert "scores" not in response.outputs
     assert str(tmp_path / "repo" / "scale" / "1" / "python") in sys.path
+
+
+def test_columns_later_models_read_travel_packed_and_come_back_equal():
+    class Split(Stage):
+        """values [B, 2] -> first [B] int64, half [B, 2] float32, label (variable width)."""
+
+        inputs = [ColumnSpec("values", "int64", (-1, 2))]
+        outputs = [ColumnSpec("first", "int64"), ColumnSpec("half", "float32", (-1, 2)),
+                   ColumnSpec("label", "int64", (-1, -1))]
+
+        def run(self, batch):
+            v = batch["values"]
+            return {"first": v[:, 0], "half": v.astype(np.float32) / 2, "label": v[:, :1]}
+
+    class Join(Stage):
+        inputs = [ColumnSpec("first", "int64"), ColumnSpec("half", "float32", (-1, 2)),
+                  ColumnSpec("label", "int64", (-1, -1))]
+        outputs = [ColumnSpec("total", "float32")]
+
+        def run(self, batch):
+            total = batch["first"] + batch["half"].sum(axis=1) + batch["label"][:, 0]
+            return {"total": total.astype(np.float32)}
+
+    packing = Packing.of([Split.outputs[0], Split.outputs[1]])
+    split = StageRunner(Split(), "split", ModelWire(("label",), packing))
+    join = StageRunner(Join(), "join", ModelWire(None, None, {"packed_split": packing}))
+    requests = [{"values": np.array([[2, 4]])}, {"values": np.array([[6, 8], [1, 3]])}]
+    sent = split.execute(requests, FakePb)
+    assert [sorted(r.outputs) for r in sent] == [["label", "packed"]] * 2
+    assert sent[1].outputs["packed"].dtype == np.uint8
+    received = join.execute([{"packed_split": r.outputs["packed"], "label": r.outputs["label"]}
+                             for r in sent], FakePb)
+    # first + (a + b) / 2 + label: 2 + 3 + 2, 6 + 7 + 6, 1 + 2 + 1
+    assert [r.outputs["total"].tolist() for r in received] == [[7.0], [19.0, 4.0]]

@@ -172,7 +172,7 @@ def test_stage_config_golden():
 
 
 def test_ensemble_config_golden(tmp_path):
-    write_repository(tmp_path / "repo", three_stages(), max_batch_size=32)
+    write_repository(tmp_path / "repo", three_stages(), max_batch_size=32, pack=False)
     assert (tmp_path / "repo" / "mstage_recommender" / "config.pbtxt").read_text() == \
         GOLDEN_ENSEMBLE
 
@@ -268,3 +268,19 @@ def test_outputs_nothing_reads_are_not_declared(tmp_path):
     assert "debug_flags" not in retrieve  # the stub would pay for writing it
     assert "debug_flags" not in (tmp_path / "repo" / "mstage_recommender" / "config.pbtxt"
                                  ).read_text()
+
+
+def test_fixed_width_columns_travel_packed_and_the_rest_as_themselves(tmp_path):
+    write_repository(tmp_path / "repo", three_stages())
+    ensemble = (tmp_path / "repo" / "mstage_recommender" / "config.pbtxt").read_text()
+    # user_features (fixed width, read by order) leaves retrieve packed; item_ids and scores
+    # have variable width and stay tensors of their own.
+    assert 'output_map { key: "packed" value: "retrieve.packed" }' in ensemble
+    assert 'input_map { key: "packed_retrieve" value: "retrieve.packed" }' in ensemble
+    assert "user_features" not in ensemble
+    assert 'output_map { key: "item_ids" value: "retrieve.item_ids" }' in ensemble
+    order = (tmp_path / "repo" / "order" / "config.pbtxt").read_text()
+    assert 'name: "packed_retrieve"\n    data_type: TYPE_UINT8\n    dims: [ 16 ]' in order
+    wire = json.loads(json.loads(order.split("string_value: ")[1].split(" }")[0]))
+    assert wire["unpacks"]["packed_retrieve"][0]["name"] == "user_features"
+    assert wire["outputs"] == ["item_ids", "scores"] and wire["packing"] is None
