@@ -72,6 +72,15 @@ def test_concurrent_requests_are_batched_and_split_back_correctly(toy_server):
     assert answers == [[u * 100 + 2] for u in range(1, 33)]
 
 
+def test_answers_leave_no_traceback_in_the_server_log(toy_server):
+    # Each output tensor once printed an unraisable DLPack-capsule error into the log.
+    with RecommenderClient(toy_server.endpoints.grpc_url) as client:
+        for user in range(1, 21):
+            client.recommend([user], top_k=2)
+    log = toy_server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "PyCapsule_GetPointer" not in log
+
+
 def _assert_still_serving(server):
     with RecommenderClient(server.endpoints.grpc_url) as client:
         assert client.recommend([5], top_k=1).item_ids[0].tolist() == [502]
