@@ -46,14 +46,15 @@ class Pipeline:
         timings = []
         for step in self.plan.steps:
             stage = step.stage
-            inputs = {s.name: columns[s.name] for s in stage.inputs if s.name in columns}
-            items_in = _candidate_count(columns, _candidates_column(stage.inputs))
+            declared_in, declared_out = stage.declared
+            inputs = {s.name: columns[s.name] for s in declared_in if s.name in columns}
+            items_in = _candidate_count(columns, _candidates_column(declared_in))
             started = time.perf_counter()
             out = run_stage(stage, inputs, f"stage {step.name}")
             seconds = time.perf_counter() - started
             columns.update(out)
             columns.update(pinned)
-            produced = _candidates_column(stage.outputs)
+            produced = _candidates_column(declared_out)
             items_out = items_in if produced is None else _candidate_count(out, produced)
             timings.append(StageTiming(step.name, seconds, items_in, items_out))
         return columns, timings

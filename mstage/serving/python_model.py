@@ -41,8 +41,8 @@ class StageRunner:
         self.stage = stage
         self.model = model
         self.wire = wire or ModelWire()
-        self.inputs = list(stage.inputs)
-        self.outputs = [s for s in stage.outputs
+        self.inputs, outputs = stage.declared
+        self.outputs = [s for s in outputs
                         if self.wire.outputs is None or s.name in self.wire.outputs]
 
     @classmethod
