@@ -35,9 +35,9 @@ FILTERED_IDS, FILTERED_SCORES, REFILLED = "filtered_ids", "filtered_scores", "re
 RANKING_SCORES = "ranking_scores"
 ITEM_IDS, SCORES, FALLBACK = "item_ids", "scores", "fallback"
 USER_CODES, USER_NUMBERS = "user_codes", "user_numbers"
-"""Retrieval -> scoring: the user's features encoded for the ranker, packed by dtype (int64
-codes [B, C], float32 numbers [B, M]): one tensor per dtype, not one per feature, because
-every tensor a Triton python-backend stage writes costs ~0.3 ms."""
+"""Retrieval -> scoring: the user's features encoded for the ranker, by dtype (int64 codes
+[B, C], float32 numbers [B, M]): two fixed-width columns whatever the schema, so the stages'
+columns, and the Triton configs written from them, do not depend on the features."""
 
 # numpy dtype name -> Triton data type (without the TYPE_ prefix used in config.pbtxt).
 TRITON_DTYPES = {
