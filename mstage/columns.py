@@ -81,6 +81,9 @@ class ColumnSpec:
                               f"batch first and -1 or positive sizes after, found {self.shape!r}")
         object.__setattr__(self, "dtype", dtype)
         object.__setattr__(self, "shape", shape)
+        # checked on every call of every stage: a dtype's scalar type is a C attribute, its
+        # name is built in Python each time
+        object.__setattr__(self, "_scalar_type", np.dtype(dtype).type)
 
     @property
     def triton_dtype(self) -> str:
@@ -91,7 +94,7 @@ class ColumnSpec:
         """Why `array` does not fit this column, or None when it does."""
         if not isinstance(array, np.ndarray):
             return f"expected {self.describe()}, found {type(array).__name__}"
-        if array.dtype.name != self.dtype or array.ndim != len(self.shape) or any(
+        if array.dtype.type is not self._scalar_type or array.ndim != len(self.shape) or any(
             want not in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
         ):
             return (f"expected {self.describe()}, found {array.dtype.name} "

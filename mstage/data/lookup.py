@@ -40,7 +40,7 @@ class IdLookup:
             rows = self._dense[np.where(inside, ids, 0)]
             known = inside & (rows >= 0)
             return np.where(known, rows, 0), known
-        slot = np.clip(np.searchsorted(self._sorted, ids), 0, len(self.ids) - 1)
+        slot = np.minimum(np.searchsorted(self._sorted, ids), len(self.ids) - 1)  # >= 0 already
         known = self._sorted[slot] == ids
         return np.where(known, self._order[slot], 0), known
 

@@ -95,7 +95,8 @@ class StringVocab:
             if _is_object(values) else np.asarray(values).astype(str).reshape(-1)
         if len(self.values) == 0 or arr.size == 0:
             return np.zeros(arr.size, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, arr), 0, len(self._sorted) - 1)
+        # searchsorted is >= 0: a ufunc minimum, np.clip's Python wrapper costs more
+        pos = np.minimum(np.searchsorted(self._sorted, arr), len(self._sorted) - 1)
         found = (self._sorted[pos] == arr) & (arr != "")
         return np.where(found, self._index[pos], 0).astype(np.int64)
 
