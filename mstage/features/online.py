@@ -121,7 +121,7 @@ class OnlineFeatures:
         """One read of the view's online table through Feast's own online store.
 
         `online_read` is what `get_online_features` calls underneath; going to it directly
-        skips the generic request planning and response building, ~60 % of a one-user read
+        skips the generic request planning and response building, ~3/4 of a one-user read
         (benchmarks/RESULTS.md). It returns per id a timestamp and the stored values."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
