@@ -80,6 +80,11 @@ def write_repository(
             raise ConfigError(f"expected a model name of letters, digits, - and _, found {model!r}")
     if name in models:
         raise ConfigError(f"expected distinct model names, found {[*models, name]}")
+    reserved = [c.name for _, stage in plan.stages for c in [*stage.inputs, *stage.outputs]
+                if c.name == PACKED or c.name.startswith(f"{PACKED}_")]
+    if pack and reserved:
+        raise ConfigError(f"expected no column named {PACKED!r} or {PACKED}_*, which carry "
+                          f"packed columns between models, found {reserved[0]!r}; rename it")
     repo_dir = Path(repo_dir)
     if repo_dir.exists() and any(repo_dir.iterdir()):
         raise UsageError(f"expected an empty directory for the model repository, found files in "

@@ -284,3 +284,12 @@ def test_fixed_width_columns_travel_packed_and_the_rest_as_themselves(tmp_path):
     wire = json.loads(json.loads(order.split("string_value: ")[1].split(" }")[0]))
     assert wire["unpacks"]["packed_retrieve"][0]["name"] == "user_features"
     assert wire["outputs"] == ["item_ids", "scores"] and wire["packing"] is None
+
+
+def test_column_names_that_packing_uses_are_refused(tmp_path):
+    plan = plan_ensemble([("retrieve", declared([USER_ID], [ITEMS, SCORES,
+                                                            ColumnSpec("packed", "int8")]))])
+    with pytest.raises(ConfigError, match="expected no column named 'packed' or packed_\\*.*"
+                                          "found 'packed'; rename it"):
+        write_repository(tmp_path / "repo", plan)
+    write_repository(tmp_path / "unpacked", plan, pack=False)  # nothing is packed: allowed
