@@ -66,6 +66,7 @@ class FaissIndex:
         self.index = index
         self.metadata = metadata
         self.on_gpu = on_gpu
+        self._ivf = _ivf_or_none(index)  # looked up once: every search's parameters need it
         self._gpu_resources = gpu_resources  # must outlive the GPU index
 
     @property
@@ -122,7 +123,7 @@ class FaissIndex:
         indexes on the CPU; None elsewhere (the caller then fetches more and drops them)."""
         if self.on_gpu or not len(item_ids):
             return None
-        if self._ivf() is None and self.metadata.get("kind") != "flat":
+        if self._ivf is None and self.metadata.get("kind") != "flat":
             return None  # only the exact and IVF indexes are known to take a selector
         skip = Skip(np.ascontiguousarray(item_ids, dtype=np.int64))
         try:  # a wrapper (e.g. a pre-transform) may take no per-search parameters
@@ -132,22 +133,13 @@ class FaissIndex:
             return None
         return skip
 
-    def _ivf(self) -> Any:
-        """The IVF index inside this one, or None."""
-        import faiss
-
-        try:
-            return faiss.extract_index_ivf(self.index)
-        except RuntimeError:
-            return None
-
     def _params(self, skip: Skip | None, nprobe: int | None = None) -> Any:
         """Per-search parameters: for IVF `nprobe` (the tuned one by default), and `skip`'s
         selector."""
         import faiss
 
         selector = {} if skip is None else {"sel": skip.selector}
-        if self._ivf() is None:
+        if self._ivf is None:
             return faiss.SearchParameters(**selector)
         nprobe = nprobe or int(self.search_params.get("nprobe", 1))
         return faiss.SearchParametersIVF(nprobe=nprobe, **selector)
@@ -160,7 +152,7 @@ class FaissIndex:
         back padded. Such rows are searched again with twice the lists, until they are full
         or every list is probed."""
         short = np.flatnonzero((ids == PAD).any(axis=1))
-        ivf = self._ivf()
+        ivf = self._ivf
         if not short.size or self.on_gpu or k > self.n_items or ivf is None:
             return  # without IVF, padding means there are no more items
         nprobe = int(self.search_params.get("nprobe", 1))
@@ -290,6 +282,7 @@ def _train_and_add(index: Any, nlist: int, embeddings: np.ndarray, item_ids: np.
 
 
 def _ivf_or_none(index: Any) -> Any:
+    """The IVF index inside `index`, or None."""
     import faiss
 
     try:
