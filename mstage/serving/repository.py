@@ -156,9 +156,13 @@ class _StepWire:
 
     reads: dict[str, str] = field(default_factory=dict)
     writes: dict[str, str] = field(default_factory=dict)
-    plain: list[str] = field(default_factory=list)  # output columns written as themselves
     packing: Packing | None = None
     unpacks: dict[str, Packing] = field(default_factory=dict)
+
+    @property
+    def plain(self) -> list[str]:
+        """Output columns written as themselves."""
+        return [column for column in self.writes if self.packing is None or column != PACKED]
 
     @property
     def model(self) -> ModelWire:
@@ -194,10 +198,8 @@ def _wires(plan: Plan, model_prefix: str, pack: bool) -> dict[str, _StepWire]:
                   if pack and c not in final and packable(specs[c])]
         for column in specs:  # in the stage's declared order, as the configs read
             if column in final:
-                wire.plain.append(column)
                 wire.writes[column] = column
             elif column in read[step.name] and specs[column] not in packed:
-                wire.plain.append(column)
                 wire.writes[column] = f"{model}.{column}"
         if packed:
             wire.packing = Packing.of(packed)

@@ -11,6 +11,7 @@ columns, and columns of variable width, which cannot be laid out in fixed bytes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ class Packing:
     def of(cls, columns: Sequence[ColumnSpec]) -> Packing:
         return cls(tuple(sorted(columns, key=lambda c: -np.dtype(c.dtype).itemsize)))
 
-    @property
+    @functools.cached_property  # read on every request: computed once
     def offsets(self) -> list[tuple[ColumnSpec, int, int]]:
         """(column, first byte, bytes) per column."""
         out, start = [], 0
@@ -55,7 +56,7 @@ class Packing:
             start += size
         return out
 
-    @property
+    @functools.cached_property
     def width(self) -> int:
         """Bytes per row, padded to ALIGN."""
         end = sum(size for _, _, size in self.offsets)
