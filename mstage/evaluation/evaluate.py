@@ -178,16 +178,18 @@ def retrieval_scores(ws: Workspace, eval_set: EvalSet, users_table,
 
 
 def pipeline_recommend(ws: Workspace, config, top_k: int, history_of: Callable,
-                       notes: list[str] | None = None) -> RecommendFn:
-    """`Recommender.recommend` over the workspace's artifacts, each user's train items passed
-    as seen and their train history as the query tower's history (`history_of`).
+                       catalog: np.ndarray, notes: list[str] | None = None) -> RecommendFn:
+    """`Recommender.recommend` over the workspace's artifacts, recommending from `catalog`
+    only (the train catalog, as every model of the protocol does), each user's train items
+    passed as seen and their train history as the query tower's history (`history_of`).
 
     The pipeline retrieves at least `top_k` candidates (serving.candidates otherwise), so
     recall@k for the largest k is not capped by the candidate count."""
     from mstage.pipeline.recommender import Recommender
 
     candidates = max(config.serving.candidates, top_k)
-    recommender = Recommender.from_workspace(ws, config, candidates=candidates, top_k=top_k)
+    recommender = Recommender.from_workspace(ws, config, candidates=candidates, top_k=top_k,
+                                             only_items=catalog)
     if notes is not None:
         notes.extend(getattr(recommender, "warnings", []))
 
@@ -252,7 +254,8 @@ def evaluate_workspace(ws: Workspace, config, *, ks: Sequence[int] = DEFAULT_KS,
     measure("retrieval", retrieval_scores(ws, eval_set, data.users, history_of), batch_size=512)
 
     started = time.perf_counter()
-    recommend = recommend or pipeline_recommend(ws, config, ks[-1], history_of, report.notes)
+    recommend = recommend or pipeline_recommend(ws, config, ks[-1], history_of,
+                                                eval_set.catalog, report.notes)
     per_user["pipeline"] = {}
     report.rows["pipeline"], report.pipeline = evaluate_recommendations(
         eval_set, recommend, ks, reporter=reporter, per_user=per_user["pipeline"])

@@ -89,9 +89,10 @@ def stale_warnings(ws: Workspace, artifacts=SERVED_ARTIFACTS) -> list[str]:
     return warnings
 
 
-def build_plan(ws: Workspace, config: Config) -> Plan:
+def build_plan(ws: Workspace, config: Config, only_items: np.ndarray | None = None) -> Plan:
     """The four stages over the workspace's artifacts for `config` (serving.candidates and
-    serving.top_k size the lists). Loads no model: imports neither TensorFlow nor Feast."""
+    serving.top_k size the lists), recommending only `only_items` when given (offline
+    evaluation's train catalog). Loads no model: imports neither TensorFlow nor Feast."""
     from mstage.features.online import StoreSpec, exported_items
     from mstage.models.dlrm import ENCODERS_DIR, LITE_FILE
     from mstage.models.encoders import FeatureEncoders
@@ -114,7 +115,8 @@ def build_plan(ws: Workspace, config: Config) -> Plan:
                      for s in encoders.specs("user")]
     ranker = read_params(paths[Artifact.RANKING])
     filtering = FilterCandidates.from_catalog(
-        items, popular, {**asdict(config.filtering), "candidates": n, "min_candidates": k})
+        items, popular, {**asdict(config.filtering), "candidates": n, "min_candidates": k},
+        only_items)
     excluded = filtering.arrays["item_ids"][filtering.arrays["excluded"]]
     retrieval = RetrieveCandidates(
         {"candidates": n, "recent_items": StoreSpec.load(paths[Artifact.FEATURES]).recent_items,
@@ -152,12 +154,14 @@ class Recommender:
 
     @classmethod
     def from_workspace(cls, ws: Workspace, config: Config, *, candidates: int | None = None,
-                       top_k: int | None = None) -> Recommender:
-        """The workspace's recommender; `candidates`/`top_k` override config.serving."""
+                       top_k: int | None = None, only_items: np.ndarray | None = None
+                       ) -> Recommender:
+        """The workspace's recommender; `candidates`/`top_k` override config.serving and
+        `only_items` restricts what it may recommend (`build_plan`)."""
         from mstage.config import override
 
         serving = override(config.serving, candidates=candidates, top_k=top_k)
-        plan = build_plan(ws, replace(config, serving=serving))
+        plan = build_plan(ws, replace(config, serving=serving), only_items)
         return cls(plan, stale_warnings(ws), ws.path(Artifact.FEATURES))
 
     @property

@@ -174,3 +174,16 @@ def test_category_rule_and_seen_override(pipeline_workspace, users):
         real = row[row != PAD]
         assert len(real) == 10
         assert banned not in set(category[real]) and not set(real) & set(seen[0])
+
+
+def test_only_items_restricts_what_is_recommended(pipeline_workspace, users):
+    """Offline evaluation recommends from the train catalog only, as every other model does:
+    the other items are never retrieved, refilled or returned."""
+    items = pd.read_parquet(pipeline_workspace / "data" / "items.parquet")["item_id"].to_numpy()
+    allowed = items[::3]
+    rec = Recommender.from_workspace(Workspace(pipeline_workspace), Config(), candidates=60,
+                                     only_items=allowed)
+    result = rec.recommend(users, 10)
+    assert (result.item_ids != PAD).sum(axis=1).min() == 10
+    assert set(result.item_ids[result.item_ids != PAD]) <= set(allowed)
+    assert set(rec.plan.stage("filtering").arrays["popular_allowed"]) <= set(allowed)
