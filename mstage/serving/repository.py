@@ -104,8 +104,8 @@ def write_repository(
             max_queue_delay_us=max_queue_delay_us, wire=wire.model))
     (repo_dir / name / "1").mkdir(parents=True)
     (repo_dir / name / "config.pbtxt").write_text(
-        ensemble_config(plan, name=name, model_prefix=model_prefix,
-                        max_batch_size=max_batch_size, pack=pack))
+        ensemble_config(plan, wires, name=name, model_prefix=model_prefix,
+                        max_batch_size=max_batch_size))
     return [*models, name]
 
 
@@ -130,10 +130,9 @@ def stage_config(
     return "\n".join(lines) + "\n"
 
 
-def ensemble_config(plan: Plan, *, name: str = ENSEMBLE, model_prefix: str = "",
-                    max_batch_size: int = 64, pack: bool = True) -> str:
-    """config.pbtxt of the ensemble that chains the plan's stages."""
-    wires = _wires(plan, model_prefix, pack)
+def ensemble_config(plan: Plan, wires: dict[str, _StepWire], *, name: str = ENSEMBLE,
+                    model_prefix: str = "", max_batch_size: int = 64) -> str:
+    """config.pbtxt of the ensemble that chains the plan's stages, tensors named by `wires`."""
     lines = [f'name: "{name}"', 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
     lines += _tensors("input", plan.inputs, max_batch_size, reshape=False)
     lines += _tensors("output", plan.outputs, max_batch_size, reshape=False)
