@@ -113,9 +113,9 @@ class FilterCandidates(Stage):
 
     @classmethod
     def from_catalog(cls, items: Any, popular: np.ndarray, params: dict[str, Any],
-                     only: np.ndarray | None = None) -> FilterCandidates:
+                     only_items: np.ndarray | None = None) -> FilterCandidates:
         """The stage for catalog `items` (DataFrame: item_id + attributes) and `popular`;
-        with `only` (item ids), every other item is excluded too."""
+        with `only_items` (ids), every other item is excluded too."""
         item_ids = items["item_id"].to_numpy(dtype=np.int64)
         stock, category = params["stock_column"], params["category_column"]
         excluded = excluded_items(
@@ -125,8 +125,8 @@ class FilterCandidates(Stage):
             exclude_out_of_stock=params["exclude_out_of_stock"],
             exclude_categories=params["exclude_categories"],
         )
-        if only is not None:
-            excluded |= ~np.isin(item_ids, only)
+        if only_items is not None:
+            excluded |= ~np.isin(item_ids, only_items)
         allowed = allowed_mask(popular[None, :], IdLookup(item_ids), excluded, None)[0]
         return cls(params, {"item_ids": item_ids, "excluded": excluded,
                             "popular_allowed": popular[allowed]})
