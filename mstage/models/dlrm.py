@@ -20,6 +20,8 @@ Network, with d = embedding dim:
   the top MLP (the item-to-item similarity signal of neighbourhood models);
 - pairwise dot products of all F vectors ([b, F, d] -> [b, F(F-1)/2]), concatenated with
   the bottom vector, through the top MLP -> one logit per row; sigmoid = click probability.
+  On impressions with clicks, two top MLPs share the interaction (`build_dlrm_heads`): one
+  for being shown, one for the click given shown; the model serves their combination.
 """
 
 from __future__ import annotations
@@ -52,6 +54,42 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
                bottom_units: tuple[int, ...] = BOTTOM_UNITS,
                top_units: tuple[int, ...] = TOP_UNITS):
     """A Keras functional model: dict of encoded inputs (see module docstring) -> logits [b]."""
+    keras = import_keras()
+    inputs, top = _interaction(specs, embedding_dim, bottom_units)
+    return keras.Model(inputs=inputs, outputs=_head(top, top_units), name="dlrm")
+
+
+def build_dlrm_heads(specs: list[FeatureSpec], embedding_dim: int,
+                     bottom_units: tuple[int, ...] = BOTTOM_UNITS,
+                     top_units: tuple[int, ...] = TOP_UNITS):
+    """(served, heads) for impressions with clicks: two top MLPs on one interaction.
+
+    A click the pipeline can predict is an item the user is shown and then clicks, so
+    P(click) = P(shown) x P(click | shown). `heads` maps inputs to (exposure logit, click
+    logit) [b] each: the first is trained on impressions against sampled catalog items, the
+    second on clicks among impressions. `served` maps inputs to exposure + log sigmoid(click),
+    the log-odds of a shown-and-clicked item, what scoring and ordering use."""
+    keras = import_keras()
+    from keras import ops
+
+    inputs, top = _interaction(specs, embedding_dim, bottom_units)
+    exposure, click = _head(top, top_units), _head(top, top_units)
+    served = keras.Model(inputs=inputs, outputs=exposure + ops.log_sigmoid(click), name="dlrm")
+    return served, keras.Model(inputs=inputs, outputs=[exposure, click], name="dlrm_heads")
+
+
+def _head(top, units: tuple[int, ...]):
+    """The top MLP over the interaction -> one logit per row [b]."""
+    from keras import layers, ops
+
+    for width in units:
+        top = layers.Dense(width, activation="relu")(top)
+    return ops.reshape(layers.Dense(1)(top), (-1,))
+
+
+def _interaction(specs: list[FeatureSpec], embedding_dim: int, bottom_units: tuple[int, ...]):
+    """(the model's inputs, the top MLP's input [b, w]: bottom vector, pairwise dots and the
+    history's closest-item score)."""
     keras = import_keras()
     from keras import layers, ops
 
@@ -87,11 +125,7 @@ def build_dlrm(specs: list[FeatureSpec], embedding_dim: int,
     gram = ops.reshape(ops.matmul(stacked, ops.transpose(stacked, (0, 2, 1))), (-1, n * n))
     upper_i, upper_j = np.triu_indices(n, k=1)
     dots = ops.take(gram, (upper_i * n + upper_j).astype("int32"), axis=1)  # [b, n(n-1)/2]
-    top = ops.concatenate([bottom, dots, *extra], axis=1)
-    for units in top_units:
-        top = layers.Dense(units, activation="relu")(top)
-    logit = ops.reshape(layers.Dense(1)(top), (-1,))
-    return keras.Model(inputs=inputs, outputs=logit, name="dlrm")
+    return inputs, ops.concatenate([bottom, dots, *extra], axis=1)
 
 
 def _history_pooling(table, history, target, dim: int):

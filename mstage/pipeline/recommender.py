@@ -209,7 +209,7 @@ def pad_rows(rows: list[np.ndarray]) -> np.ndarray:
 
 def _explain(columns: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]:
     """For each final item: its rank, the score it was ordered by, and that score's parts
-    (retrieval score, ranking score = click probability)."""
+    (retrieval score, ranking score = the ranker's probability)."""
     out = []
     for r, row in enumerate(columns[ITEM_IDS]):
         position = {int(i): j for j, i in enumerate(columns[FILTERED_IDS][r]) if i != PAD}

@@ -26,6 +26,7 @@ from mstage.models.dlrm import (
     PREDICT_BATCH,
     TOP_UNITS,
     build_dlrm,
+    build_dlrm_heads,
     export_dlrm,
     input_signature,
     model_specs,
@@ -100,18 +101,23 @@ class RankingRun:
 @dataclass
 class Rows:
     """Labelled (user, item) rows as positions in the encoded tables, and each row's history
-    as the slice [history_start, history_end) of the problem's Timeline; all arrays [n]."""
+    as the slice [history_start, history_end) of the problem's Timeline; all arrays [n].
+    `shown` is 1 for a row of the data (an impression, or a positive) and 0 for a sampled
+    catalog negative: what the exposure head learns."""
 
     user_rows: np.ndarray
     item_rows: np.ndarray
     labels: np.ndarray  # float32, 1 = click / positive
     history_start: np.ndarray | None = None  # None: no history (empty slices)
     history_end: np.ndarray | None = None
+    shown: np.ndarray | None = None  # float32; None: every row is a row of the data
 
     def __post_init__(self) -> None:
         for name in ("history_start", "history_end"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(len(self.labels), dtype=np.int64))
+        if self.shown is None:
+            self.shown = np.ones(len(self.labels), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -216,8 +222,9 @@ class RankingProblem:
         """`negatives` sampled catalog items per positive row, never a known positive, each
         with the history of the positive it was drawn for."""
         origin, items = self.sampler.sample(positives.user_rows, self.negatives, known, rng)
-        return dataclasses.replace(positives.take(origin), item_rows=items,
-                                   labels=np.zeros(len(items), dtype=np.float32))
+        zeros = np.zeros(len(items), dtype=np.float32)
+        return dataclasses.replace(positives.take(origin), item_rows=items, labels=zeros,
+                                   shown=zeros)
 
     def _with_negatives(self, positives: Rows, known, rng: np.random.Generator) -> Rows:
         return Rows.concat(positives, self._negatives(positives, known, rng))
@@ -277,7 +284,13 @@ def _baseline_scores(problem: RankingProblem, train_rows: Rows, rows: Rows) -> n
 
 class Trainer:
     """A DLRM, its optimizer and compiled train / predict steps for one RankingProblem. With
-    several workers (`mstage.models.distribute`) each trains on its share of every batch."""
+    several workers (`mstage.models.distribute`) each trains on its share of every batch.
+
+    On labelled data the DLRM has an exposure and a click head (`build_dlrm_heads`), trained
+    together: exposure on every row (impressions 1, sampled catalog items 0), click on the
+    impressions only. `predict` gives what is served, `predict_click` the click head's
+    probability, which AUC and log loss on impressions measure. On implicit data there is
+    one head, trained on positives against sampled negatives, and the two agree."""
 
     def __init__(self, problem: RankingProblem, config: RankingConfig):
         keras = import_keras()
@@ -287,7 +300,10 @@ class Trainer:
         self.problem, self.config = problem, config
         specs = model_specs(problem.encoders, problem.history)
         with distribute.scope():
-            self.model = build_dlrm(specs, config.embedding_dim)
+            if problem.labelled:
+                self.model, heads = build_dlrm_heads(specs, config.embedding_dim)
+            else:
+                self.model, heads = build_dlrm(specs, config.embedding_dim), None
             variables = self.model.trainable_variables
             self.optimizer = make_optimizer(config.optimizer, config.learning_rate, variables,
                                             key="ranking.optimizer")
@@ -295,23 +311,37 @@ class Trainer:
         model, optimizer = self.model, self.optimizer
         self._workers = distribute.workers_from_env()
 
-        def replica_step(features, labels):
+        def cross_entropy(labels, logits):
+            return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+
+        def replica_step(features, labels, shown):
             with tf.GradientTape() as tape:
-                logits = model(features, training=True)
-                loss = tf.reduce_mean(
-                    tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+                if heads is None:
+                    loss = tf.reduce_mean(cross_entropy(labels, model(features, training=True)))
+                else:
+                    exposure, click = heads(features, training=True)
+                    clicks = tf.reduce_sum(shown * cross_entropy(labels, click))
+                    loss = (tf.reduce_mean(cross_entropy(shown, exposure))
+                            + clicks / tf.maximum(tf.reduce_sum(shown), 1.0))
             optimizer.apply(tape.gradient(loss, variables))
             return loss
 
-        @tf.function(input_signature=[signature, tf.TensorSpec((None,), tf.float32)])
-        def train_step(features, labels):
-            return distribute.run(replica_step, features, labels)
+        rows = tf.TensorSpec((None,), tf.float32)
+
+        @tf.function(input_signature=[signature, rows, rows])
+        def train_step(features, labels, shown):
+            return distribute.run(replica_step, features, labels, shown)
 
         @tf.function(input_signature=[signature])
         def predict_step(features):
             return tf.sigmoid(model(features, training=False))
 
+        @tf.function(input_signature=[signature])
+        def click_step(features):
+            return tf.sigmoid(heads(features, training=False)[1])
+
         self._train_step, self._predict_step = train_step, predict_step
+        self._click_step = predict_step if heads is None else click_step
 
     def epoch(self, rng: np.random.Generator) -> float:
         """One pass over freshly shuffled train rows; returns the mean loss (may be NaN)."""
@@ -320,16 +350,24 @@ class Trainer:
         total, count = 0.0, 0
         for index in self._workers.shares(order, self.config.batch_size):
             features = self.problem.features(rows, index)
-            loss = float(self._train_step(features, rows.labels[index]))
+            loss = float(self._train_step(features, rows.labels[index], rows.shown[index]))
             total, count = total + loss * len(index), count + len(index)
             if not np.isfinite(loss):
                 return loss
         return total / max(count, 1)
 
     def predict(self, rows: Rows) -> np.ndarray:
-        """float64 [n] click probabilities for rows."""
-        out = [self._predict_step(self.problem.features(rows, slice(i, i + PREDICT_BATCH)))
-               .numpy() for i in range(0, len(rows), PREDICT_BATCH)]
+        """float64 [n]: what the model serves for rows (click probabilities, on labelled data
+        those of being shown and clicked)."""
+        return self._run(self._predict_step, rows)
+
+    def predict_click(self, rows: Rows) -> np.ndarray:
+        """float64 [n] click probabilities given shown, for rows that are impressions."""
+        return self._run(self._click_step, rows)
+
+    def _run(self, step, rows: Rows) -> np.ndarray:
+        out = [step(self.problem.features(rows, slice(i, i + PREDICT_BATCH))).numpy()
+               for i in range(0, len(rows), PREDICT_BATCH)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
@@ -427,7 +465,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
                                                                      candidates.item_ids)
 
         def validate() -> float:
-            score = auc(rows.labels, trainer.predict(rows))
+            score = auc(rows.labels, trainer.predict_click(rows))
             if pairs is not None and score > valid.get("best_auc", -np.inf):
                 probability = trainer.predict(pairs).reshape(candidates.item_ids.shape)
                 valid.update(best_auc=score,
@@ -453,7 +491,7 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
     training = validate_then_refit(validation, refit, schedule(config), reporter)
     final, trainer, first_rows = training.model
     test = final.eval_rows
-    probs = trainer.predict(test)
+    probs = trainer.predict_click(test)
     baseline = ItemRateBaseline(first_rows, len(final.item_ids) + 1)
     baseline_scores = _baseline_scores(final, first_rows, test)
     run = RankingRun(
@@ -479,7 +517,8 @@ def fit_ranking(data: PreparedData, config: RankingConfig, out_dir: Path,
     params = {"embedding_dim": config.embedding_dim, "bottom_units": list(BOTTOM_UNITS),
               "top_units": list(TOP_UNITS), "history": config.history,
               "epochs_trained": training.best_epoch,
-              "labelled": final.labelled, "split": config.split}
+              "labelled": final.labelled, "split": config.split,
+              "heads": ["exposure", "click"] if final.labelled else ["click"]}
     if run.blend is not None:
         params["retrieval_weight"] = run.blend.weight
     export_dlrm(trainer.model, final.encoders, Path(out_dir), params)
