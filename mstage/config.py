@@ -113,8 +113,9 @@ class RetrievalConfig:
 
 @dataclass(frozen=True)
 class RankingConfig:
-    """DLRM training (docs/train-ranking.md). `negatives` are sampled per positive only when
-    the data has no click labels. Adam by default: on these small ranking tables it reaches
+    """DLRM training (docs/train-ranking.md). `negatives` catalog items are sampled per
+    positive (per click on labelled data, where they teach the exposure head what is never
+    shown). Adam by default: on these small ranking tables it reaches
     its best validation AUC in 2-4 epochs where Adagrad needs 7 or more. `epochs` is the most
     the validation phase runs; early stopping on validation AUC (after `patience` epochs without
     gain) picks the count used to refit on all of train. `history` is how many of the user's
