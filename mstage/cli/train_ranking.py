@@ -20,8 +20,8 @@ def train_ranking(
                                         "\\[default: 0.003]"),
     seed: int = typer.Option(None, help="Random seed (initialisation, shuffling, train "
                              "negatives). \\[default: 42]"),
-    negatives: int = typer.Option(None, help="Sampled negatives per positive when the data "
-                                  "has no click labels. \\[default: 4]"),
+    negatives: int = typer.Option(None, help="Catalog items sampled per positive (per click "
+                                  "on labelled data). \\[default: 4]"),
     force: bool = typer.Option(False, "--force", help="Publish the model even when its "
                                "validation AUC is not above the baseline's."),
 ) -> None:
