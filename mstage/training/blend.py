@@ -10,8 +10,8 @@ Which weight: the largest whose NDCG@10 is within one standard error of the best
 (the error of their per-user paired difference), the one-standard-error rule. On a few
 hundred validation users the best weight is partly noise; among weights the data cannot
 tell apart, the one that leans most on retrieval changes retrieval's order least. On the
-sample data the plain best weight was often the smallest of a flat plateau, and the served
-pipeline then lost most of its gain over retrieval (benchmarks/RESULTS.md).
+sample data the plain best weight was often the smallest of a flat plateau, where the
+served pipeline lost part of its gain over retrieval (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
