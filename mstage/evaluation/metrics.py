@@ -129,9 +129,14 @@ def recall_at_k(recommended: np.ndarray, relevant, k: int) -> float:
 def ndcg_at_k(recommended: np.ndarray, relevant, k: int) -> float:
     """Mean over users of DCG / ideal DCG with binary gains 1/log2(rank + 1); the ideal DCG
     places min(k, |R|) hits at the top."""
+    per_user = ndcg_at_k_per_user(recommended, relevant, k)
+    return float(per_user.mean()) if len(per_user) else 0.0
+
+
+def ndcg_at_k_per_user(recommended: np.ndarray, relevant, k: int) -> np.ndarray:
+    """float64 [n_users]: each user's NDCG@k (see `ndcg_at_k`)."""
     hits = hit_matrix(recommended, relevant, k)
-    sets = _as_relevant(relevant, len(hits))
-    return float(ndcg_per_user(hits, _nonempty_sizes(sets)).mean()) if len(hits) else 0.0
+    return ndcg_per_user(hits, _nonempty_sizes(_as_relevant(relevant, len(hits))))
 
 
 def hit_rate_at_k(recommended: np.ndarray, relevant, k: int) -> float:

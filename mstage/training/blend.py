@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mstage.columns import PAD
-from mstage.evaluation.metrics import hit_matrix, ndcg_at_k, ndcg_per_user
+from mstage.evaluation.metrics import ndcg_at_k, ndcg_at_k_per_user
 from mstage.models.retrieval_artifact import ValidationCandidates
 from mstage.pipeline.ordering import blended_score, top_k
 
@@ -50,11 +50,10 @@ def choose_blend(candidates: ValidationCandidates, click_probability: np.ndarray
     probabilities [u, n] for them and each user's relevant VALID items (module docstring)."""
     ids = candidates.item_ids
     probability = np.where(ids == PAD, -np.inf, click_probability)
-    sizes = np.array([len(r) for r in relevant])
     per_user = {}
     for weight in WEIGHTS:
         ranked, _ = top_k(ids, blended_score(probability, candidates.scores, weight), BLEND_K)
-        per_user[weight] = ndcg_per_user(hit_matrix(ranked, relevant, BLEND_K), sizes)
+        per_user[weight] = ndcg_at_k_per_user(ranked, relevant, BLEND_K)
     ndcg = {f"{w:g}": round(float(v.mean()), 6) for w, v in per_user.items()}
     retrieval, _ = top_k(ids, candidates.scores, BLEND_K)
     return BlendChoice(within_one_standard_error(per_user), ndcg,
